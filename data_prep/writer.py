@@ -1,0 +1,220 @@
+"""Deterministic, atomic shard + manifest writing.
+
+Every file is first written as ``.tmp-<name>`` and renamed into place only after all splits were
+written; the old manifest is removed before the first rename and the new one is written last, so a
+directory without ``manifest.json`` is always an incomplete one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import re
+import tarfile
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable
+
+from tqdm import tqdm
+
+from data_prep.errors import DataPrepError
+
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+TMP_PREFIX = ".tmp-"
+SHARD_RE = re.compile(r"^(?P<split>[a-z]+)-\d{6}\.tar$")
+# Manifest fields that identify the content; "command" is left out so that spelling the same
+# options differently still counts as up to date.
+IDENTITY_KEYS = ("format_version", "dataset", "source", "options", "image", "classes")
+
+
+@dataclass(frozen=True)
+class Sample:
+    ext: str  # "png" or "jpg"
+    data: bytes
+    label: int
+    class_name: str
+    source_id: str
+
+
+@dataclass(frozen=True)
+class SplitSource:
+    count: int
+    samples: Iterable[Sample]  # in final order; may be lazy (read on demand)
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _add_member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+    # Fixed metadata so the tar bytes depend only on the content.
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    info.mtime = 0
+    info.mode = 0o644
+    info.uid = info.gid = 0
+    info.uname = info.gname = ""
+    tar.addfile(info, io.BytesIO(data))
+
+
+def _sample_bytes(sample: Sample, meta: bytes) -> int:
+    blocks = sum(-(-n // 512) for n in (len(sample.data), len(str(sample.label)), len(meta)))
+    return 512 * (3 + blocks)
+
+
+class _ShardSink:
+    """Writes one split as ``<split>-NNNNNN.tar`` temp files, rolling over at the limits."""
+
+    def __init__(self, out: Path, split: str, max_count: int, max_bytes: int):
+        self.out, self.split = out, split
+        self.max_count, self.max_bytes = max_count, max_bytes
+        self.shards: list[dict] = []
+        self.temp_files: list[Path] = []
+        self._tar: tarfile.TarFile | None = None
+        self._count = 0
+
+    def _open(self) -> None:
+        name = f"{self.split}-{len(self.shards):06d}.tar"
+        path = self.out / (TMP_PREFIX + name)
+        self.temp_files.append(path)
+        self._file = open(path, "wb")
+        self._tar = tarfile.open(fileobj=self._file, mode="w", format=tarfile.USTAR_FORMAT)
+        self.shards.append({"name": name, "count": 0, "bytes": 0, "sha256": ""})
+        self._count = 0
+
+    def close_shard(self) -> None:
+        if self._tar is None:
+            return
+        self._tar.close()
+        self._file.close()
+        self._tar = None
+        path = self.temp_files[-1]
+        self.shards[-1].update(count=self._count, bytes=path.stat().st_size, sha256=sha256_file(path))
+
+    def add(self, key: str, sample: Sample, meta: bytes) -> None:
+        size = _sample_bytes(sample, meta)
+        if self._tar is not None and (
+            self._count >= self.max_count or self._file.tell() + size > self.max_bytes
+        ):
+            self.close_shard()
+        if self._tar is None:
+            self._open()
+        _add_member(self._tar, f"{key}.{sample.ext}", sample.data)
+        _add_member(self._tar, f"{key}.cls", str(sample.label).encode())
+        _add_member(self._tar, f"{key}.json", meta)
+        self._count += 1
+
+
+def _write_split(out: Path, split: str, source: SplitSource, classes: list[str], limits: tuple[int, int],
+                 temp_files: list[Path]) -> dict:
+    sink = _ShardSink(out, split, *limits)
+    per_class: Counter[str] = Counter()
+    try:
+        bar = tqdm(source.samples, total=source.count, desc=f"{split} shards", unit="img",
+                   disable=None, leave=False)
+        for index, sample in enumerate(bar):
+            meta = {"index": index, "label": sample.label, "class_name": sample.class_name,
+                    "source_id": sample.source_id}
+            sink.add(f"{split}-{index:07d}", sample, json.dumps(meta, sort_keys=True).encode())
+            per_class[sample.class_name] += 1
+        sink.close_shard()
+    finally:
+        temp_files.extend(sink.temp_files)
+    count = sum(per_class.values())
+    if count != source.count:
+        raise DataPrepError(f"internal: split {split!r} produced {count} samples, expected {source.count}")
+    return {"count": count, "per_class": {name: per_class[name] for name in classes},
+            "shards": sink.shards}
+
+
+def read_manifest(out: Path) -> dict | None:
+    try:
+        return json.loads((out / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def is_up_to_date(out: Path, head: dict) -> bool:
+    """True when ``out`` holds a manifest with the same identity and every shard checksum matches."""
+    old = read_manifest(out)
+    if old is None or any(old.get(k) != head.get(k) for k in IDENTITY_KEYS):
+        return False
+    for split in old.get("splits", {}).values():
+        for shard in split["shards"]:
+            path = out / shard["name"]
+            if not path.is_file() or path.stat().st_size != shard["bytes"] or sha256_file(path) != shard["sha256"]:
+                return False
+    return True
+
+
+def _write_json_atomic(path: Path, obj: dict) -> None:
+    tmp = path.with_name(TMP_PREFIX + path.name)
+    tmp.write_text(json.dumps(obj, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def _commit(out: Path, manifest: dict) -> None:
+    (out / MANIFEST).unlink(missing_ok=True)  # from here until the end the directory is "incomplete"
+    names = [s["name"] for split in manifest["splits"].values() for s in split["shards"]]
+    for name in names:
+        os.replace(out / (TMP_PREFIX + name), out / name)
+    _write_json_atomic(out / MANIFEST, manifest)
+    keep = set(names)
+    for path in out.iterdir():
+        if SHARD_RE.match(path.name) and path.name not in keep:
+            path.unlink()
+
+
+def write_dataset(out: Path, head: dict, splits: dict[str, SplitSource], *,
+                  shard_max_count: int, shard_max_bytes: int) -> tuple[dict, bool]:
+    """Write shards + manifest for ``splits`` into ``out``.
+
+    ``head`` holds every manifest field except "splits". Returns (manifest, written); written is
+    False when ``out`` was already up to date and nothing was touched.
+    """
+    head = {"format_version": FORMAT_VERSION, **head}
+    if is_up_to_date(out, head):
+        return read_manifest(out), False
+    created = not out.exists()
+    out.mkdir(parents=True, exist_ok=True)
+    for stale in out.glob(TMP_PREFIX + "*"):  # left by a killed run; never part of a complete dataset
+        stale.unlink()
+    temp_files: list[Path] = []
+    try:
+        manifest = dict(head, splits={})
+        for split, source in splits.items():
+            manifest["splits"][split] = _write_split(
+                out, split, source, head["classes"], (shard_max_count, shard_max_bytes), temp_files)
+        _commit(out, manifest)
+    except BaseException:
+        for path in temp_files:
+            path.unlink(missing_ok=True)
+        if created and not any(out.iterdir()):
+            out.rmdir()
+        raise
+    return manifest, True
+
+
+def summary(manifest: dict, out: Path) -> str:
+    lines = [f"{manifest['dataset']} shards in {out}: {len(manifest['classes'])} classes, "
+             f"image {manifest['image']['height']}x{manifest['image']['width']}x"
+             f"{manifest['image']['channels']} {manifest['image']['format']}"]
+    for split, info in manifest["splits"].items():
+        per_class = ", ".join(f"{name}: {n}" for name, n in info["per_class"].items())
+        if len(info["per_class"]) > 12:
+            counts = sorted(set(info["per_class"].values()))
+            per_class = f"{len(info['per_class'])} classes, {counts[0]}..{counts[-1]} per class"
+        lines.append(f"  {split}: {info['count']} images in {len(info['shards'])} shard(s) ({per_class})")
+    return "\n".join(lines)
