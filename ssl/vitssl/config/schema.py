@@ -1,0 +1,100 @@
+"""Typed run configuration: defaults <- YAML file <- dotted command-line overrides.
+
+Every section forbids unknown keys, so a typo is an error naming the key before any work starts.
+Objective options are validated by the objective's own schema (see vitssl.objectives).
+"""
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class DataConfig(Section):
+    shards: str = "data/mnist012"
+    split: str = "train"
+    eval_split: str = "test"
+    image_size: int = Field(28, gt=0)
+    channels: int = Field(1, gt=0)
+    batch_size: int = Field(64, gt=0, description="per process")
+    num_workers: int = Field(0, ge=0)
+    shuffle: bool = True
+    shuffle_buffer: int = Field(1000, ge=0)
+    check_sha: bool = True
+
+
+class ModelConfig(Section):
+    patch_size: int = Field(7, gt=0)
+    embed_dim: int = Field(64, gt=0)
+    depth: int = Field(4, ge=1)
+    num_heads: int = Field(4, ge=1)
+    mlp_ratio: float = Field(4.0, gt=0)
+    dropout: float = Field(0.0, ge=0, lt=1)
+    attn_dropout: float = Field(0.0, ge=0, lt=1)
+    cls_token: bool = True
+    pos_embed: Literal["sincos", "learned"] = "sincos"
+    frames: int = Field(1, ge=1, description="clip length; 1 = images")
+    tubelet: int = Field(1, ge=1, description="frames per tubelet")
+
+    @model_validator(mode="after")
+    def _shapes(self) -> ModelConfig:
+        if self.embed_dim % self.num_heads:
+            raise ValueError(f"embed_dim ({self.embed_dim}) must be divisible by num_heads ({self.num_heads})")
+        if self.frames % self.tubelet:
+            raise ValueError(f"frames ({self.frames}) must be divisible by tubelet ({self.tubelet})")
+        return self
+
+
+class OptimConfig(Section):
+    lr: float | None = Field(None, gt=0, description="absolute LR; when unset, base_lr * global_batch / 256")
+    base_lr: float = Field(1.5e-4, gt=0)
+    weight_decay: float = Field(0.05, ge=0)
+    betas: tuple[float, float] = (0.9, 0.95)
+    warmup_epochs: float = Field(1.0, ge=0)
+    min_lr: float = Field(0.0, ge=0)
+
+
+class RunConfig(Section):
+    name: str = "run"
+    epochs: int = Field(10, ge=1)
+    max_steps: int | None = Field(None, ge=1, description="stop early after this many optimizer steps")
+    precision: Literal["no", "fp16", "bf16"] | None = Field(
+        None, description="None: take accelerate's setting (--mixed_precision / config file), default no")
+    grad_accum: int = Field(1, ge=1)
+    grad_clip: float | None = Field(1.0, gt=0)
+    seed: int = 0
+    checkpoint_every: int = Field(0, ge=0, description="optimizer steps between checkpoints; 0 = each epoch end")
+    keep_checkpoints: int = Field(2, ge=1)
+    output_dir: str = "runs/{name}"
+    resume: str = Field("auto", description="'auto' (latest complete checkpoint, if any), 'never', or a path")
+    log_every: int = Field(10, ge=1)
+    experiment: str = "vitssl"
+    run_name: str | None = None
+    tracking_uri: str | None = Field(None, description="None: $MLFLOW_TRACKING_URI or sqlite:///mlflow.db")
+    parent_run_id: str | None = None
+    tags: dict[str, str] = Field(default_factory=dict)
+
+    def resolved_output_dir(self) -> str:
+        return self.output_dir.format(name=self.name)
+
+
+class PretrainConfig(Section):
+    data: DataConfig = Field(default_factory=DataConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    objective: dict[str, Any] = Field(default_factory=lambda: {"name": "mae"})
+    optim: OptimConfig = Field(default_factory=OptimConfig)
+    run: RunConfig = Field(default_factory=RunConfig)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> PretrainConfig:
+        if self.data.image_size % self.model.patch_size:
+            raise ValueError(
+                f"data.image_size ({self.data.image_size}) must be divisible by model.patch_size "
+                f"({self.model.patch_size})")
+        if "name" not in self.objective:
+            raise ValueError("objective.name is required (e.g. mae, infonce, mae_infonce, video_mae)")
+        return self

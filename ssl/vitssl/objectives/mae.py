@@ -1,0 +1,144 @@
+"""Masked autoencoding (He et al. 2021) with three ways of hiding the masked patches.
+
+drop:       the encoder sees only visible patches; the decoder inserts mask tokens (MAE).
+mask_token: learned mask tokens replace masked patches before the encoder.
+zero:       masked patches are zeroed in pixel space and the encoder sees every patch.
+The loss is the MSE on masked patches only, optionally on per-patch normalised pixels.
+"""
+from __future__ import annotations
+
+from typing import Literal
+
+import numpy as np
+import torch
+from pydantic import Field
+
+from vitssl.models import MAEDecoder, ViT
+from vitssl.models.masking import mask_from_noise, patchify, unpatchify
+from vitssl.objectives.base import Batch, Metrics, Objective, ObjectiveOptions, register
+from vitssl.tracking.plots import image_rows_figure
+
+
+class MAEOptions(ObjectiveOptions):
+    name: Literal["mae"] = "mae"
+    mask_ratio: float = Field(0.75, gt=0, lt=1)
+    style: Literal["drop", "mask_token", "zero"] = "drop"
+    norm_pix_loss: bool = False
+    decoder_dim: int = Field(64, gt=0)
+    decoder_depth: int = Field(2, ge=0)
+    decoder_heads: int = Field(4, ge=1)
+
+
+class MaskNoise:
+    """Per-sample transform: uniform noise whose order decides which patches are masked."""
+
+    def __init__(self, num_patches: int):
+        self.num_patches = num_patches
+
+    def __call__(self, sample: dict) -> dict:
+        sample["mask_noise"] = torch.rand(self.num_patches)
+        return sample
+
+
+def masked_mean(per_patch: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean of (B, N) per-patch losses over masked patches (mask 1) only."""
+    return (per_patch * mask).sum() / mask.sum()
+
+
+def normalise_patches(target: torch.Tensor) -> torch.Tensor:
+    mean = target.mean(dim=-1, keepdim=True)
+    var = target.var(dim=-1, keepdim=True)
+    return (target - mean) / (var + 1e-6) ** 0.5
+
+
+@register("mae")
+class MAE(Objective):
+    Options = MAEOptions
+
+    def __init__(self, encoder: ViT, options: MAEOptions):
+        super().__init__()
+        self.encoder = encoder
+        self.options = options
+        grid = encoder.patch_embed.grid
+        self.decoder = MAEDecoder(encoder.embed_dim, encoder.num_patches, grid, encoder.patch_dim,
+                                  options.decoder_dim, options.decoder_depth, options.decoder_heads)
+        if options.style != "drop":
+            # Only the drop style fills masked slots in the decoder; a parameter no loss touches
+            # would make DDP fail, so the other styles do not create it.
+            del self.decoder.mask_token
+            self.decoder.mask_token = None
+        if options.style == "mask_token":
+            self.mask_token = torch.nn.Parameter(torch.zeros(1, 1, encoder.embed_dim))
+            torch.nn.init.trunc_normal_(self.mask_token, std=0.02)
+
+    @classmethod
+    def check_config(cls, cfg, options: MAEOptions) -> None:
+        from vitssl.config.load import ConfigError
+
+        if cfg.model.frames > 1:
+            raise ConfigError("invalid config: objective mae is for images (model.frames 1); use video_mae for clips")
+
+    def sample_transform(self):
+        return MaskNoise(self.encoder.num_patches)
+
+    def _mask(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        noise = batch.get("mask_noise")
+        if noise is None:
+            x = batch["image"]
+            noise = torch.rand(x.shape[0], self.encoder.num_patches, device=x.device)
+        return mask_from_noise(noise, self.options.mask_ratio)
+
+    def predict(self, x: torch.Tensor, ids_keep, mask, ids_restore) -> torch.Tensor:
+        """Images (B, C, H, W) -> predicted patches (B, N, patch_dim)."""
+        enc, style = self.encoder, self.options.style
+        if style == "drop":
+            tokens = enc.embed(x)
+            visible = torch.gather(tokens, 1, ids_keep.unsqueeze(-1).expand(-1, -1, tokens.shape[-1]))
+            return self.decoder(enc.encode(visible), enc.num_prefix, ids_restore)
+        if style == "mask_token":
+            feats = enc.encode(enc.embed(x, replace=mask, replace_token=self.mask_token))
+        else:
+            feats = enc.forward_features(x * (1 - self.pixel_mask(mask, x)))
+        return self.decoder(feats, enc.num_prefix)
+
+    def pixel_mask(self, mask: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """(B, N) patch mask -> (B, 1, H, W) pixel mask."""
+        p = self.encoder.args.patch_size
+        patches = mask[:, :, None].expand(-1, -1, p * p).to(x.dtype)
+        return unpatchify(patches, p, 1, x.shape[-1])
+
+    def loss(self, pred: torch.Tensor, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        target = patchify(x, self.encoder.args.patch_size).float()
+        if self.options.norm_pix_loss:
+            target = normalise_patches(target)
+        per_patch = ((pred.float() - target) ** 2).mean(dim=-1)
+        return masked_mean(per_patch, mask)
+
+    def forward(self, batch: Batch) -> tuple[torch.Tensor, Metrics]:
+        x = batch["image"]
+        ids_keep, mask, ids_restore = self._mask(batch)
+        pred = self.predict(x, ids_keep, mask, ids_restore)
+        loss = self.loss(pred, x, mask)
+        return loss, {"loss_mae": loss.detach()}
+
+    @torch.no_grad()
+    def figures(self, batch: Batch) -> dict:
+        x = batch["image"][:8]
+        ids_keep, mask, ids_restore = self._mask({k: v[:8] for k, v in batch.items()})
+        pred = self.predict(x, ids_keep, mask, ids_restore).float()
+        p, c, size = self.encoder.args.patch_size, x.shape[1], x.shape[-1]
+        if self.options.norm_pix_loss:  # show predictions in pixel units
+            target = patchify(x, p).float()
+            pred = pred * (target.var(-1, keepdim=True) + 1e-6) ** 0.5 + target.mean(-1, keepdim=True)
+        recon = unpatchify(pred, p, c, size).clamp(0, 1)
+        pm = self.pixel_mask(mask, x)
+        pasted = x * (1 - pm) + recon * pm
+
+        def rows(t: torch.Tensor) -> list[np.ndarray]:
+            t = t.float().cpu()
+            return [im[0].numpy() if c == 1 else im.permute(1, 2, 0).numpy() for im in t]
+
+        fig = image_rows_figure({"original": rows(x), "masked": rows(x * (1 - pm) + 0.5 * pm),
+                                 "reconstruction": rows(recon), "visible + reconstruction": rows(pasted)},
+                                title=f"MAE {self.options.style}, mask ratio {self.options.mask_ratio}")
+        return {"reconstruction.png": fig}
