@@ -12,9 +12,9 @@ from data_prep.errors import DataPrepError
 from data_prep.writer import read_manifest, summary, write_dataset
 
 
-def _limit(text: str) -> int | None:
+def _limit(text: str) -> int | str:
     if text == "all":
-        return None
+        return text
     try:
         value = int(text)
     except ValueError:
@@ -58,11 +58,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _limits(args: argparse.Namespace) -> tuple[int | None, int | None]:
+def _limits(args: argparse.Namespace) -> tuple[int | str, int | str]:
     general = args.per_class if args.per_class is not None else args.default_limit
     train = args.train_per_class if args.train_per_class is not None else general
     test = args.test_per_class if args.test_per_class is not None else general
     return train, test
+
+
+def _none_if_all(limit: int | str) -> int | None:
+    return None if limit == "all" else limit
 
 
 def run(argv: list[str]) -> str:
@@ -79,12 +83,12 @@ def run(argv: list[str]) -> str:
     if args.command == "mnist":
         digits = mnist.parse_digits(args.digits)
         pools, source = mnist.load_source(args.source)
-        splits = mnist.build_splits(pools, digits, train, test, args.seed)
+        splits = mnist.build_splits(pools, digits, _none_if_all(train), _none_if_all(test), args.seed)
         options.update(source=args.source, digits=digits)
         fields = {"source": source, "image": {"height": 28, "width": 28, "channels": 1, "format": "png"},
                   "classes": [str(d) for d in digits]}
     else:
-        fields, splits = tiny_imagenet.load(args.source, train, test, args.seed)
+        fields, splits = tiny_imagenet.load(args.source, _none_if_all(train), _none_if_all(test), args.seed)
         options.update(source=str(args.source))
     # The output directory is left out of "options" so a manifest does not depend on where it lives.
     head = {"dataset": args.command, **fields, "options": options,

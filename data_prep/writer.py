@@ -74,6 +74,11 @@ def _sample_bytes(sample: Sample, meta: bytes) -> int:
     return 512 * (3 + blocks)
 
 
+def _tar_size(members_end: int) -> int:
+    """File size once closed: two zero blocks, padded to tarfile's 10 KiB record."""
+    return -(-(members_end + 2 * 512) // tarfile.RECORDSIZE) * tarfile.RECORDSIZE
+
+
 class _ShardSink:
     """Writes one split as ``<split>-NNNNNN.tar`` temp files, rolling over at the limits."""
 
@@ -106,7 +111,7 @@ class _ShardSink:
     def add(self, key: str, sample: Sample, meta: bytes) -> None:
         size = _sample_bytes(sample, meta)
         if self._tar is not None and (
-            self._count >= self.max_count or self._file.tell() + size > self.max_bytes
+            self._count >= self.max_count or _tar_size(self._file.tell() + size) > self.max_bytes
         ):
             self.close_shard()
         if self._tar is None:
