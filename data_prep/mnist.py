@@ -104,7 +104,7 @@ def _idx(directory: Path) -> tuple[list[Pool], dict]:
     if not directory.is_dir():
         raise DataPrepError(f"--source idx:{directory}: no such directory")
     pools, hashes = [], {}
-    for split, (img_stem, lbl_stem) in IDX_FILES.items():
+    for img_stem, lbl_stem in IDX_FILES.values():
         img_path, lbl_path = _find_idx(directory, img_stem), _find_idx(directory, lbl_stem)
         images, labels = read_idx(img_path, IMAGE_MAGIC), read_idx(lbl_path, LABEL_MAGIC)
         pools.append(_check_pool(img_stem.split("-")[0], f"{img_path} / {lbl_path}", images, labels))
@@ -149,7 +149,7 @@ def _per_class_pick(pool: Pool, digit: int, rng: np.random.Generator, wanted: li
     rows = rng.permutation(np.flatnonzero(pool.labels == digit))
     needed = sum(n for n in wanted if n is not None)
     if needed > len(rows):
-        asked = " + ".join(f"{n if n is not None else 'all'} {s}" for n, s in zip(wanted, split_names))
+        asked = " + ".join(f"{n if n is not None else 'all'} {s}" for n, s in zip(wanted, split_names, strict=True))
         raise DataPrepError(f"digit {digit}: requested {asked} images per class but {pool.where} has "
                             f"{len(rows)}; lower --train-per-class/--test-per-class (or --per-class)")
     picks, start = [], 0

@@ -78,7 +78,7 @@ def _class_names(wnids: list[str], words: list[str]) -> tuple[list[str], list[st
     short = [d.split(",")[0].strip() for d in described]
     dupes = {n for n, c in Counter(short).items() if c > 1}
     # Names key the manifest's per-class counts, so they must be unique.
-    names = [f"{n} ({w})" if n in dupes else n for n, w in zip(short, wnids)]
+    names = [f"{n} ({w})" if n in dupes else n for n, w in zip(short, wnids, strict=True)]
     return names, described
 
 

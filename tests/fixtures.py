@@ -33,7 +33,7 @@ def write_idx_dir(directory: Path, train_per_class: int = 20, test_per_class: in
     for split, per_class in (("train", train_per_class), ("test", test_per_class)):
         labels = rng.permutation(np.repeat(np.arange(10, dtype=np.uint8), per_class))
         images = rng.integers(0, 256, (len(labels), size, size), dtype=np.uint8)
-        for name, array in zip(IDX_NAMES[split], (images, labels)):
+        for name, array in zip(IDX_NAMES[split], (images, labels), strict=True):
             data = idx_bytes(array)
             if gz:
                 (directory / f"{name}.gz").write_bytes(gzip.compress(data, mtime=0))

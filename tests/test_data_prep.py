@@ -22,11 +22,11 @@ from fixtures import (
     write_tiny_zip,
 )
 from PIL import Image
+from vitssl.data import load_split_tensors
 
 import data_prep.mnist
 from data_prep import DataPrepError
 from data_prep.cli import run
-from vitssl.data import load_split_tensors
 
 REPO = Path(__file__).resolve().parents[1]
 # Debian package dataset-fashion-mnist (apt-get install dataset-fashion-mnist) installs the four

@@ -7,7 +7,6 @@ import json
 import pytest
 import torch
 from fixtures import make_mnist_shards
-
 from vitssl.data import DataError, load_manifest, load_split_tensors, make_eval_loader, make_train_loader
 
 N_TRAIN = 96  # 3 classes x 32; divisible by the global batch 2 ranks x 8
@@ -131,7 +130,7 @@ def test_skip_batches_resumes_exactly(request, fixture, world_size, num_workers,
     assert len(resumed) == len(full) - skip and resumed.steps_per_epoch == len(full)
     tail = list(resumed)
     assert indices(tail) == indices(full[skip:])
-    for a, b in zip(tail, full[skip:]):
+    for a, b in zip(tail, full[skip:], strict=True):
         torch.testing.assert_close(a, b)
     seen = sum(indices(full), [])
     assert len(seen) == len(set(seen))
@@ -150,7 +149,7 @@ def test_same_seed_and_epoch_reproduce_and_epochs_differ(one_shard):
 def test_augmentation_depends_only_on_seed_epoch_and_index(many_shards):
     def noise_by_index(**kwargs):
         batches = [b for rank in run_ranks(many_shards, transform=add_noise, epoch=2, **kwargs) for b in rank]
-        return {int(i): n for b in batches for i, n in zip(b["index"], b["noise"])}
+        return {int(i): n for b in batches for i, n in zip(b["index"], b["noise"], strict=True)}
 
     single = noise_by_index(world_size=1, batch_size=16)
     split = noise_by_index(world_size=2, batch_size=8, num_workers=2)
