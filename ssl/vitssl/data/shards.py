@@ -4,10 +4,10 @@ Training: the split is divided between ``world_size * num_workers`` slots by thi
 accelerate, see PITFALLS), every rank yields the same number of full batches, and the order is a
 pure function of (seed, epoch), so ``skip_batches`` resumes mid-epoch exactly.
 
-Each rank's sample stream is the round-robin merge of its workers' streams (worker 0, 1, ..., in
-rounds, an exhausted worker drops out), which is what a DataLoader delivers; every sample carries
-its position in that merge, so workers can skip/stop without talking to each other and the main
-process restores the order exactly.
+Each rank's sample stream is defined as the round-robin merge of its workers' streams (worker 0,
+1, ..., in rounds; an exhausted worker drops out). Every sample carries its position in that merge,
+so workers skip and stop without talking to each other, and the main process restores the exact
+order with a small heap whatever order the DataLoader delivers them in.
 """
 
 from __future__ import annotations
