@@ -55,3 +55,12 @@ def tube_noise(spatial_noise: torch.Tensor, time_slots: int) -> torch.Tensor:
     spatial_noise: (B, S) -> (B, T*S) in PatchEmbed token order (time-major).
     """
     return spatial_noise.repeat(1, time_slots)
+
+
+def unpatchify_clip(patches: torch.Tensor, patch_size: int, tubelet: int, channels: int, frames: int,
+                    size: int) -> torch.Tensor:
+    """Inverse of patchify for clips: (B, N, t*p*p*C) -> (B, C, T, H, W)."""
+    p, t, g = patch_size, tubelet, size // patch_size
+    b = patches.shape[0]
+    x = patches.reshape(b, frames // t, g, g, t, p, p, channels).permute(0, 7, 1, 4, 2, 5, 3, 6)
+    return x.reshape(b, channels, frames, g * p, g * p)

@@ -1,0 +1,151 @@
+"""Video MAE (Tong et al. 2022; Feichtenhofer et al. 2022) on clips made from image shards.
+
+The encoder is the ViT with model.frames = T and tubelets of t frames (Conv3d patches, 3-D
+sin-cos positions). A very high mask ratio (default 0.9) works for video because neighbouring
+frames are redundant. Masking:
+  tube:   one spatial mask shared by every time slot (VideoMAE), so a masked patch cannot be
+          copied from the same place in the next frame;
+  random: tokens masked independently over space-time.
+The MAE decoder (`drop` style, reused from vitssl.objectives.mae) predicts the masked tubelets'
+pixels; the loss is L1 (or L2) on masked tubelets only. Clips come from the per-sample transform
+(`clip: repeat | moving`, see vitssl.data.clips).
+"""
+from __future__ import annotations
+
+from typing import Literal
+
+import numpy as np
+import torch
+from pydantic import Field
+
+from vitssl.data.clips import MovingClip
+from vitssl.models import ViT
+from vitssl.models.masking import mask_from_noise, num_visible, patchify, tube_noise, unpatchify_clip
+from vitssl.objectives.base import Batch, Metrics, Objective, ObjectiveOptions, register
+from vitssl.objectives.mae import MAE, MAEOptions, masked_mean, normalise_patches
+from vitssl.tracking.plots import image_rows_figure
+
+
+class VideoMAEOptions(ObjectiveOptions):
+    name: Literal["video_mae"] = "video_mae"
+    mask_ratio: float = Field(0.9, gt=0, lt=1)
+    masking: Literal["tube", "random"] = "tube"
+    loss: Literal["l1", "l2"] = "l1"
+    norm_pix_loss: bool = False
+    clip: Literal["repeat", "moving"] = "moving"
+    max_speed: float = Field(2.0, ge=0, description="moving clips: pixels per frame")
+    max_spin: float = Field(10.0, ge=0, description="moving clips: degrees per frame")
+    decoder_dim: int = Field(64, gt=0)
+    decoder_depth: int = Field(2, ge=0)
+    decoder_heads: int = Field(4, ge=1)
+
+
+class ClipAndNoise:
+    """Per-sample transform: `clip` (C, T, H, W) and `mask_noise` (N,) in token order."""
+
+    def __init__(self, clip: MovingClip, slots: int, spatial: int, masking: str):
+        self.clip, self.slots, self.spatial, self.masking = clip, slots, spatial, masking
+
+    def __call__(self, sample: dict) -> dict:
+        sample = self.clip(sample)
+        if self.masking == "tube":
+            sample["mask_noise"] = tube_noise(torch.rand(1, self.spatial), self.slots)[0]
+        else:
+            sample["mask_noise"] = torch.rand(self.slots * self.spatial)
+        return sample
+
+
+@register("video_mae")
+class VideoMAE(Objective):
+    Options = VideoMAEOptions
+
+    def __init__(self, encoder: ViT, options: VideoMAEOptions):
+        super().__init__()
+        self.options = options
+        self.mae = MAE(encoder, MAEOptions(mask_ratio=options.mask_ratio, style="drop", decoder_dim=options.decoder_dim,
+                                           decoder_depth=options.decoder_depth, decoder_heads=options.decoder_heads))
+        self.slots, g = encoder.patch_embed.grid[0], encoder.patch_embed.grid[1]
+        self.spatial = g * g
+
+    @property
+    def encoder(self) -> ViT:
+        return self.mae.encoder
+
+    @classmethod
+    def check_config(cls, cfg, options: VideoMAEOptions) -> None:
+        from vitssl.config.load import ConfigError
+
+        m = cfg.model
+        if m.frames < 2:
+            raise ConfigError(f"invalid config: objective video_mae needs model.frames > 1, got {m.frames}")
+        if m.frames % m.tubelet:
+            raise ConfigError(f"invalid config: model.tubelet ({m.tubelet}) must divide model.frames ({m.frames})")
+        if m.pos_embed == "sincos" and m.embed_dim % 8:
+            raise ConfigError(f"invalid config: 3-D sin-cos positions need model.embed_dim divisible by 8, "
+                              f"got {m.embed_dim}")
+        spatial = (cfg.data.image_size // m.patch_size) ** 2
+        if options.masking == "tube" and num_visible(spatial, options.mask_ratio) == spatial:
+            raise ConfigError(f"invalid config: objective.mask_ratio {options.mask_ratio} masks no patch of "
+                              f"{spatial} positions")
+
+    def sample_transform(self):
+        a = self.encoder.args
+        clip = MovingClip(a.frames, self.options.clip, self.options.max_speed, self.options.max_spin)
+        return ClipAndNoise(clip, self.slots, self.spatial, self.options.masking)
+
+    def mask(self, noise: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(B, N) noise -> ids_keep, mask (1 = masked), ids_restore.
+
+        Tube noise repeats each spatial value over the time slots; keeping a whole number of
+        spatial positions (all their slots) makes every frame mask the same places.
+        """
+        ratio = self.options.mask_ratio
+        if self.options.masking == "tube":
+            ratio = 1 - num_visible(self.spatial, ratio) / self.spatial
+        return mask_from_noise(noise, ratio)
+
+    def _noise(self, batch: Batch) -> torch.Tensor:
+        noise = batch.get("mask_noise")
+        if noise is None:  # figures / callers without the transform
+            b, dev = batch["clip"].shape[0], batch["clip"].device
+            spatial = torch.rand(b, self.spatial, device=dev)
+            noise = tube_noise(spatial, self.slots) if self.options.masking == "tube" else \
+                torch.rand(b, self.slots * self.spatial, device=dev)
+        return noise
+
+    def target(self, clip: torch.Tensor) -> torch.Tensor:
+        a = self.encoder.args
+        target = patchify(clip, a.patch_size, a.tubelet).float()
+        return normalise_patches(target) if self.options.norm_pix_loss else target
+
+    def forward(self, batch: Batch) -> tuple[torch.Tensor, Metrics]:
+        clip = batch["clip"]
+        ids_keep, mask, ids_restore = self.mask(self._noise(batch))
+        pred = self.mae.predict(clip, ids_keep, mask, ids_restore).float()
+        err = (pred - self.target(clip)).abs() if self.options.loss == "l1" else (pred - self.target(clip)) ** 2
+        loss = masked_mean(err.mean(dim=-1), mask)
+        return loss, {"loss_video_mae": loss.detach()}
+
+    @torch.no_grad()
+    def figures(self, batch: Batch) -> dict:
+        """Middle frame: original, masked, reconstruction, visible + reconstruction."""
+        a = self.encoder.args
+        clip = batch["clip"][:8]
+        ids_keep, mask, ids_restore = self.mask(self._noise({k: v[:8] for k, v in batch.items()}))
+        pred = self.mae.predict(clip, ids_keep, mask, ids_restore).float()
+        if self.options.norm_pix_loss:
+            raw = patchify(clip, a.patch_size, a.tubelet).float()
+            pred = pred * (raw.var(-1, keepdim=True) + 1e-6) ** 0.5 + raw.mean(-1, keepdim=True)
+        unp = lambda t: unpatchify_clip(t, a.patch_size, a.tubelet, a.in_chans, a.frames, a.img_size)  # noqa: E731
+        recon = unp(pred).clamp(0, 1)
+        pm = unp(mask[:, :, None].expand(-1, -1, pred.shape[-1]).to(clip.dtype))
+        mid = a.frames // 2
+
+        def rows(t: torch.Tensor) -> list[np.ndarray]:
+            t = t[:, :, mid].float().cpu()
+            return [im[0].numpy() if im.shape[0] == 1 else im.permute(1, 2, 0).numpy() for im in t]
+
+        fig = image_rows_figure({"original": rows(clip), "masked": rows(clip * (1 - pm) + 0.5 * pm),
+                                 "reconstruction": rows(recon), "visible + reconstruction": rows(clip * (1 - pm) + recon * pm)},
+                                title=f"Video MAE middle frame ({self.options.masking} masking, ratio {self.options.mask_ratio})")
+        return {"reconstruction_middle_frame.png": fig}
