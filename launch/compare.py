@@ -1,0 +1,32 @@
+"""Compare objectives of one MLflow experiment: fine-tune / linear / kNN accuracy and pretraining cost.
+
+    python launch/compare.py --experiment mnist012 [--tracking-uri URI] [--out DIR]
+
+Prints a markdown table; with --out also writes comparison.md, comparison.csv and comparison.png.
+Logs nothing to MLflow.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from vitssl.eval.compare import compare
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--experiment", required=True)
+    parser.add_argument("--tracking-uri", default=None, help="default: $MLFLOW_TRACKING_URI or sqlite:///mlflow.db")
+    parser.add_argument("--out", default=None, help="folder for comparison.md / .csv / .png")
+    args = parser.parse_args(argv)
+    try:
+        table = compare(args.experiment, args.tracking_uri, args.out)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(table, end="")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

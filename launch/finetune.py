@@ -1,0 +1,38 @@
+"""Fine-tune, linear-probe or kNN-evaluate a pretrained encoder on the labelled split; report on the test split.
+
+    accelerate launch [--config_file ...] launch/finetune.py --config configs/mnist012/finetune.yaml \
+        finetune.pretrained=<run id | runs:/<id> | checkpoint folder | pretrain output dir | none> \
+        finetune.mode=finetune|linear|knn [key.sub=value ...]
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from accelerate import PartialState
+
+from vitssl.config import ConfigError, load_config
+from vitssl.config.finetune import FinetuneConfig
+from vitssl.data import DataError
+from vitssl.engine.finetune import run_finetune
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", required=True, help="YAML config (see configs/)")
+    parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. finetune.mode=linear run.epochs=5")
+    args = parser.parse_args(argv)
+    try:
+        cfg = load_config(FinetuneConfig, args.config, args.overrides)
+        result = run_finetune(cfg)
+    except (ConfigError, DataError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if PartialState().is_main_process:
+        print(f"test accuracy: {result.metrics.get('test_accuracy', float('nan')):.4f}")
+        print(f"mlflow run id: {result.run_id}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,60 @@
+"""Typed configuration of a fine-tune / linear-probe / kNN evaluation run.
+
+The data, optim and run sections are the pretraining ones; `model:` is used only when
+`finetune.pretrained: none` (training from scratch): otherwise the encoder is rebuilt from the
+arguments saved in the checkpoint, so a fine-tune can never silently change the architecture.
+"""
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from vitssl.config.schema import DataConfig, ModelConfig, OptimConfig, RunConfig, Section
+
+
+class FinetuneOptions(Section):
+    pretrained: str = Field(
+        "none", description="MLflow run id, runs:/<id>, a checkpoint folder, a pretrain output dir "
+                            "(its latest checkpoint), or none (from scratch with `model:`)")
+    mode: Literal["finetune", "linear", "knn"] = "finetune"
+    num_classes: int = Field(3, ge=2)
+    class_names: list[str] | None = Field(None, description="display names; default the label numbers")
+    head_dropout: float = Field(0.0, ge=0, lt=1)
+    label_smoothing: float = Field(0.0, ge=0, lt=1)
+    layer_decay: float | None = Field(None, gt=0, le=1, description="layer-wise LR decay; None = off")
+    augment: bool = Field(False, description="small random affine on training digits")
+    augment_degrees: float = Field(10.0, ge=0)
+    augment_translate: float = Field(0.1, ge=0, lt=1, description="fraction of the image size")
+    augment_scale: tuple[float, float] = (0.9, 1.1)
+    # linear probe (frozen features, standardised, full-batch AdamW on a linear head)
+    linear_steps: int = Field(300, ge=1)
+    linear_lr: float = Field(0.01, gt=0)
+    linear_weight_decay: float = Field(1e-3, ge=0)
+    # kNN on frozen features
+    knn_k: int = Field(20, ge=1)
+    knn_temperature: float | None = Field(
+        0.07, gt=0, description="votes weighted by exp(cos / T) as in DINO; None = majority vote")
+    tsne: bool = Field(True, description="t-SNE of the test embeddings (a few seconds)")
+
+
+class FinetuneConfig(Section):
+    data: DataConfig = Field(default_factory=DataConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    optim: OptimConfig = Field(default_factory=OptimConfig)
+    run: RunConfig = Field(default_factory=RunConfig)
+    finetune: FinetuneOptions = Field(default_factory=FinetuneOptions)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> FinetuneConfig:
+        names = self.finetune.class_names
+        if names is not None and len(names) != self.finetune.num_classes:
+            raise ValueError(f"finetune.class_names has {len(names)} names for finetune.num_classes "
+                             f"{self.finetune.num_classes}")
+        if self.finetune.pretrained == "none" and self.data.image_size % self.model.patch_size:
+            raise ValueError(f"data.image_size ({self.data.image_size}) must be divisible by "
+                             f"model.patch_size ({self.model.patch_size})")
+        lo, hi = self.finetune.augment_scale
+        if not 0 < lo <= hi:
+            raise ValueError(f"finetune.augment_scale must be 0 < low <= high, got {self.finetune.augment_scale}")
+        return self

@@ -1,0 +1,91 @@
+"""Supervised classification: cross-entropy on a linear head over the pooled encoder embedding.
+
+The fine-tuning objective. It runs under the same Trainer as the pretext objectives, so a
+fine-tune gets the same loop, schedule, checkpoints and multi-GPU support for free. A video
+encoder (frames > 1) classifies an image as the clip that repeats it `frames` times.
+"""
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field
+from torch import nn
+from torchvision.transforms.v2 import functional as TF
+
+from vitssl.models import ViT
+from vitssl.objectives.base import Batch, Metrics, Objective, ObjectiveOptions, register
+
+
+class ClassifyOptions(ObjectiveOptions):
+    name: Literal["classify"] = "classify"
+    num_classes: int = Field(3, ge=2)
+    head_dropout: float = Field(0.0, ge=0, lt=1)
+    label_smoothing: float = Field(0.0, ge=0, lt=1)
+    augment: bool = False
+    augment_degrees: float = Field(10.0, ge=0)
+    augment_translate: float = Field(0.1, ge=0, lt=1)
+    augment_scale: tuple[float, float] = (0.9, 1.1)
+
+
+def encoder_input(encoder: ViT, images: torch.Tensor) -> torch.Tensor:
+    """Images (B, C, H, W) -> what the encoder takes: the same, or clips (B, C, T, H, W) of repeats."""
+    frames = encoder.args.frames
+    if frames == 1:
+        return images
+    # vitssl.data.clips.repeat_clip does this per sample; on a batch it is one expand.
+    return images.unsqueeze(2).expand(-1, -1, frames, -1, -1)
+
+
+class RandomAffine:
+    """Per-sample transform: a small random rotation, shift and zoom of `image` (digits stay digits).
+
+    Draws from torch's global generator, which the loader seeds per (seed, epoch, sample index).
+    """
+
+    def __init__(self, degrees: float, translate: float, scale: tuple[float, float]):
+        self.degrees, self.translate, self.scale = degrees, translate, scale
+
+    def __call__(self, sample: dict) -> dict:
+        image = sample["image"]
+        u = torch.rand(4).tolist()
+        size = image.shape[-1]
+        shift = [round((2 * u[1] - 1) * self.translate * size), round((2 * u[2] - 1) * self.translate * size)]
+        sample["image"] = TF.affine(image, angle=(2 * u[0] - 1) * self.degrees, translate=shift,
+                                    scale=self.scale[0] + u[3] * (self.scale[1] - self.scale[0]), shear=[0.0],
+                                    interpolation=TF.InterpolationMode.BILINEAR)
+        return sample
+
+
+@register("classify")
+class Classify(Objective):
+    Options = ClassifyOptions
+
+    def __init__(self, encoder: ViT, options: ClassifyOptions):
+        super().__init__()
+        self.encoder = encoder
+        self.options = options
+        self.head_drop = nn.Dropout(options.head_dropout)
+        self.head = nn.Linear(encoder.embed_dim, options.num_classes)
+        nn.init.trunc_normal_(self.head.weight, std=0.01)
+        nn.init.zeros_(self.head.bias)
+
+    def sample_transform(self):
+        o = self.options
+        if not o.augment:
+            return None
+        return RandomAffine(o.augment_degrees, o.augment_translate, o.augment_scale)
+
+    def embed(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) -> pooled embedding (B, D)."""
+        return self.encoder(encoder_input(self.encoder, images))
+
+    def logits(self, images: torch.Tensor) -> torch.Tensor:
+        return self.head(self.head_drop(self.embed(images)))
+
+    def forward(self, batch: Batch) -> tuple[torch.Tensor, Metrics]:
+        logits = self.logits(batch["image"]).float()
+        loss = F.cross_entropy(logits, batch["label"], label_smoothing=self.options.label_smoothing)
+        accuracy = (logits.argmax(-1) == batch["label"]).float().mean()
+        return loss, {"loss_ce": loss.detach(), "accuracy": accuracy.detach()}
