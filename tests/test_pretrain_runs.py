@@ -110,3 +110,27 @@ def test_other_styles_run_end_to_end(mnist012, tmp_path, style):
     assert run.info.status == "FINISHED"
     assert metric(client(tmp_path), run.info.run_id, "epoch_loss")[-1] < metric(
         client(tmp_path), run.info.run_id, "epoch_loss")[0]
+
+
+def test_logs_to_an_mlflow_server(mnist012, tmp_path):
+    import mlflow
+
+    from mlflow_server import mlflow_server
+
+    with mlflow_server(tmp_path) as url:
+        out = launch("pretrain.py", MAE, [f"data.shards={mnist012}", f"run.output_dir={tmp_path}/srv",
+                                          f"run.tracking_uri={url}", "run.epochs=1"], tmp_path)
+        mlc = mlflow.MlflowClient(tracking_uri=url)
+        run = mlc.get_run(last_lines(out)["mlflow run id"])
+        assert run.info.status == "FINISHED"
+        assert "loss" in run.data.metrics
+        assert "loss_curve.png" in {a.path for a in mlc.list_artifacts(run.info.run_id)}
+    assert not (tmp_path / "mlflow.db").exists()  # nothing went to the default local store
+
+
+def test_bf16_path_runs_on_cpu(mnist012, tmp_path):
+    # bf16 has no CPU hardware support here (slow), so only a few steps: the path, not the speed.
+    out = launch("pretrain.py", MAE, common(mnist012, tmp_path, "bf16") + ["run.precision=bf16", "run.max_steps=2"],
+                 tmp_path)
+    run = client(tmp_path).get_run(last_lines(out)["mlflow run id"])
+    assert run.info.status == "FINISHED" and run.data.tags["precision"] == "bf16"
