@@ -2,26 +2,46 @@
 from __future__ import annotations
 
 import math
+import os
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import DistributedDataParallelKwargs
+from accelerate.utils import DistributedDataParallelKwargs, DistributedType
 
 from vitssl.config.schema import OptimConfig, RunConfig
 
 
-def build_accelerator(run: RunConfig) -> Accelerator:
+class LaunchError(RuntimeError):
+    """The processes accelerate launched do not form the group the run needs."""
+
+
+def build_accelerator(run: RunConfig, batch_size: int | None = None) -> Accelerator:
     """One Accelerator for CPU, one GPU, many GPUs or DeepSpeed, as `accelerate launch` set it up.
 
     Without CUDA we pass cpu=True: only then does `accelerate launch --num_processes 2` form a real
-    gloo process group on CPU instead of N processes that each train alone.
+    gloo process group on CPU instead of N processes that each train alone. cpu=True would also
+    silently turn a DeepSpeed launch into plain CPU DDP, so DeepSpeed launches go without it and are
+    checked below instead.
     """
-    return Accelerator(
-        cpu=not torch.cuda.is_available(),
+    deepspeed = os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"
+    accelerator = Accelerator(
+        cpu=not torch.cuda.is_available() and not deepspeed,
         mixed_precision=run.precision,
         gradient_accumulation_steps=run.grad_accum,
         kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=False)],
     )
+    launched = int(os.environ.get("WORLD_SIZE", "1"))
+    if accelerator.num_processes != launched:
+        raise LaunchError(
+            f"{launched} processes were launched but accelerate's {accelerator.distributed_type} setup sees "
+            f"{accelerator.num_processes} on {accelerator.device}: every rank would act as the main process on "
+            "the same data. DeepSpeed through accelerate needs CUDA devices; on CPU use "
+            "configs/accelerate/cpu_2proc.yaml.")
+    if accelerator.distributed_type == DistributedType.DEEPSPEED and batch_size:
+        # We split the data ourselves and never prepare a DataLoader, so DeepSpeed learns the
+        # micro-batch size from us.
+        accelerator.state.deepspeed_plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = batch_size
+    return accelerator
 
 
 def resolve_lr(optim: OptimConfig, global_batch: int) -> tuple[float, str]:

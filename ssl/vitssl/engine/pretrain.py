@@ -31,7 +31,7 @@ def resume_folder(cfg: PretrainConfig, root: Path) -> Path | None:
 
 def run_pretrain(cfg: PretrainConfig) -> FitResult:
     parse_options(cfg)  # objective options fail here, before any process does work
-    accelerator = build_accelerator(cfg.run)
+    accelerator = build_accelerator(cfg.run, cfg.data.batch_size)
     set_seed(cfg.run.seed)  # same initial weights on every process
     objective = build_objective(cfg)
     world = accelerator.num_processes
