@@ -137,13 +137,13 @@ def load_encoder_weights(encoder: ViT, state_dict: dict[str, torch.Tensor], sour
 def load_encoder(folder: Path) -> tuple[ViT, dict]:
     """Rebuild the ViT from `encoder.pt`'s saved arguments and load exactly its weights."""
     path = folder / ENCODER_FILE
+    if not path.is_file():
+        raise PretrainedError(f"{folder} has no {ENCODER_FILE}: not a vitssl checkpoint folder")
     try:
         export = torch.load(path, map_location="cpu", weights_only=True)
         args = ViTArgs(**export["args"])
         state_dict = export["state_dict"]
-    except FileNotFoundError:
-        raise PretrainedError(f"{folder} has no {ENCODER_FILE}: not a vitssl checkpoint folder") from None
-    except (KeyError, TypeError, RuntimeError, EOFError) as e:
+    except Exception as e:  # unpickling, a missing key, an unknown argument: all mean "not an export"
         raise PretrainedError(f"{path} is not a vitssl encoder export ({type(e).__name__}: {e})") from None
     encoder = ViT(args)
     load_encoder_weights(encoder, state_dict, str(path))

@@ -14,6 +14,7 @@ from pydantic import Field
 from torch import nn
 from torchvision.transforms.v2 import functional as TF
 
+from vitssl.data.clips import repeat_clip
 from vitssl.models import ViT
 from vitssl.objectives.base import Batch, Metrics, Objective, ObjectiveOptions, register
 
@@ -32,10 +33,7 @@ class ClassifyOptions(ObjectiveOptions):
 def encoder_input(encoder: ViT, images: torch.Tensor) -> torch.Tensor:
     """Images (B, C, H, W) -> what the encoder takes: the same, or clips (B, C, T, H, W) of repeats."""
     frames = encoder.args.frames
-    if frames == 1:
-        return images
-    # vitssl.data.clips.repeat_clip does this per sample; on a batch it is one expand.
-    return images.unsqueeze(2).expand(-1, -1, frames, -1, -1)
+    return images if frames == 1 else repeat_clip(images, frames)
 
 
 class RandomAffine:
