@@ -1,0 +1,47 @@
+"""The full-MNIST and Tiny-ImageNet configs run a few steps on tiny stand-in datasets."""
+from pathlib import Path
+
+import pytest
+
+from fixtures import make_mnist_shards, tiny_imagenet_files, write_idx_dir, write_tiny_zip
+from launching import client, last_lines, launch
+
+pytestmark = pytest.mark.slow
+FEW_STEPS = ["run.max_steps=2", "run.log_every=1"]
+
+
+def run_few_steps(config: str, shards: Path, tmp_path: Path, *extra: str) -> None:
+    out = launch("pretrain.py", config, [f"data.shards={shards}", f"run.output_dir={tmp_path}/run",
+                                         f"run.tracking_uri=sqlite:///{tmp_path}/mlflow.db", *FEW_STEPS, *extra],
+                 tmp_path)
+    run = client(tmp_path).get_run(last_lines(out)["mlflow run id"])
+    assert run.info.status == "FINISHED"
+    assert run.data.metrics["loss"] > 0
+
+
+@pytest.fixture(scope="module")
+def fake_full_mnist(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("mnist")
+    write_idx_dir(root / "idx", train_per_class=10, test_per_class=2, gz=True)
+    return make_mnist_shards(root / "shards", "--source", f"idx:{root / 'idx'}", "--digits", "0-9",
+                             "--per-class", "all")
+
+
+@pytest.fixture(scope="module")
+def fake_tiny_imagenet(tmp_path_factory) -> Path:
+    from data_prep.cli import run
+
+    root = tmp_path_factory.mktemp("tiny")
+    zipped = write_tiny_zip(root / "tiny-imagenet-200.zip", tiny_imagenet_files(train_per_class=8, val_total=9))
+    run(["tiny-imagenet", "--source", str(zipped), "--out", str(root / "shards")])
+    return root / "shards"
+
+
+@pytest.mark.parametrize("config", ["configs/mnist/mae.yaml"])
+def test_full_mnist_configs(config, fake_full_mnist, tmp_path):
+    run_few_steps(config, fake_full_mnist, tmp_path, "data.batch_size=16", "data.num_workers=2")
+
+
+@pytest.mark.parametrize("config", ["configs/tiny_imagenet/mae_drop.yaml", "configs/tiny_imagenet/mae_mask_token.yaml"])
+def test_tiny_imagenet_configs(config, fake_tiny_imagenet, tmp_path):
+    run_few_steps(config, fake_tiny_imagenet, tmp_path, "data.batch_size=4", "data.num_workers=0")
