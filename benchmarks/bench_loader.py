@@ -10,22 +10,17 @@ Shards all 5,000 embedded MNIST digits (400 train + 100 test per class) into a t
 from __future__ import annotations
 
 import argparse
-import datetime
 import os
-import platform
-import re
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
-from vitssl.data import load_split_tensors, make_train_loader
 
 from data_prep.cli import run
+from vitssl.data import load_split_tensors, make_train_loader
 
-SECTION = "## Loader throughput"
-REPO = Path(__file__).resolve().parents[1]
+from common import write_section
 
 
 def time_loader(shard_dir: Path, batch_size: int, num_workers: int, epochs: int) -> tuple[float, int]:
@@ -46,13 +41,6 @@ def time_in_memory(shard_dir: Path, batch_size: int, steps: int) -> float:
         batch = images[torch.randint(len(images), (batch_size,), generator=generator)]
     assert batch.shape[0] == batch_size
     return steps * batch_size / (time.perf_counter() - start)
-
-
-def write_section(text: str, path: Path) -> None:
-    old = path.read_text() if path.exists() else "# Benchmarks\n"
-    pattern = re.compile(rf"^{re.escape(SECTION)}\n.*?(?=^## |\Z)", re.S | re.M)
-    new = pattern.sub(lambda _: text, old) if pattern.search(old) else old.rstrip("\n") + "\n\n" + text
-    path.write_text(new)
 
 
 def main() -> None:
@@ -77,18 +65,15 @@ def main() -> None:
 
     table = ["| pipeline | images/s | images timed |", "|---|---:|---:|"]
     table += [f"| {name} | {rate:,.0f} | {images:,} |" for name, rate, images in rows]
-    command = "python " + " ".join([os.path.relpath(__file__, REPO), *sys.argv[1:]])
     text = "\n".join([
-        SECTION, "",
-        f"`{command}` on {datetime.date.today().isoformat()}, {platform.processor() or platform.machine()}, "
-        f"{os.cpu_count()} CPU cores (1-min load {load:.1f} at start), torch {torch.__version__}. 5,000 embedded MNIST digits "
+        f"1-min load {load:.1f} at start, torch {torch.__version__}. 5,000 embedded MNIST digits "
         f"(4,000 train), batch {args.batch_size}, {args.epochs} epochs, a fresh loader (and workers) per "
         f"epoch, shuffle buffer 1000, sha256 checked once per process.", "",
         *table, "",
     ])
     print(text)
     if not args.no_write:
-        write_section(text, REPO / "BENCHMARKS.md")
+        write_section("Loader throughput", text)
 
 
 if __name__ == "__main__":

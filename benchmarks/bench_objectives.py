@@ -1,6 +1,6 @@
 """Training throughput of the contrastive and video objectives under real `accelerate launch`.
 
-    python benchmarks/bench_objectives.py [--epochs 5] [--no-write]
+    python benchmarks/bench_objectives.py [--epochs 5] [--rounds 2] [--no-write]
 
 Runs, at 2 CPU processes (configs/accelerate/cpu_2proc.yaml) on the embedded MNIST 0/1/2 subset
 with the configs' model (ViT 64-d, depth 4, patch 7) and batch 32 per process:
@@ -8,8 +8,10 @@ with the configs' model (ViT 64-d, depth 4, patch 7) and batch 32 per process:
   video_mae at T=3 with mask ratio 0.9 vs. 0.5 (clips/s).
 Throughput is the trainer's `images_per_s` logged every step to MLflow (a sample is a clip for
 video_mae); the median over steps leaves out the first step and the epoch-end work (figures,
-checkpoints) that lands in the first step of each epoch. Prints a markdown table and replaces
-the "## Objectives throughput" section of BENCHMARKS.md.
+checkpoints) that lands in the first step of each epoch. The cases run interleaved for
+--rounds rounds and the table gives the median over rounds, so a burst of load from other jobs
+on a shared machine does not land on one case only (the load average is printed with it).
+Prints a markdown table and replaces the "## Objectives throughput" section of BENCHMARKS.md.
 """
 from __future__ import annotations
 
@@ -78,6 +80,7 @@ def write_section(text: str, path: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--epochs", type=int, default=5, help="epochs per case (4 steps each at 2 x 32)")
+    parser.add_argument("--rounds", type=int, default=2, help="interleaved repetitions of all cases")
     parser.add_argument("--no-write", action="store_true", help="print only; leave BENCHMARKS.md alone")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
@@ -85,31 +88,39 @@ def main() -> None:
         shards = work / "mnist012"
         subprocess.run([sys.executable, "-m", "data_prep", "mnist", "--out", str(shards)], cwd=REPO, check=True,
                        capture_output=True)
-        rows = []
-        for label, config, overrides, unit in CASES:
-            rate, wall = run_case(config, overrides, shards, work, args.epochs)
-            rows.append((label, rate, unit, wall))
-            print(f"{label}: {rate:.0f} {unit} (launch {wall:.0f} s)", flush=True)
+        load_before = os.getloadavg()[0]
+        rates: dict[str, list[float]] = {label: [] for label, *_ in CASES}
+        for r in range(args.rounds):
+            for label, config, overrides, unit in CASES:
+                rate, wall = run_case(config, overrides, shards, work, args.epochs)
+                rates[label].append(rate)
+                print(f"round {r + 1}: {label}: {rate:.0f} {unit} (launch {wall:.0f} s)", flush=True)
+        load_after = os.getloadavg()[0]
+    rows = [(label, statistics.median(rates[label]), unit, rates[label]) for label, _, _, unit in CASES]
     gather, local = rows[0][1], rows[1][1]
     high, low = rows[2][1], rows[3][1]
     date = datetime.date.today().isoformat()
     machine = f"{platform.machine()}, {os.cpu_count()} CPU cores, {platform.system()} {platform.release()}"
-    table = "\n".join(f"| {label} | {rate:.0f} {unit} |" for label, rate, unit, _ in rows)
+    table = "\n".join(f"| {label} | {rate:.0f} {unit} | {', '.join(f'{v:.0f}' for v in per_round)} |"
+                      for label, rate, unit, per_round in rows)
     text = f"""{SECTION}
 
-`python benchmarks/bench_objectives.py --epochs {args.epochs}` — {date}, {machine}, 2 CPU processes
-(gloo, `configs/accelerate/cpu_2proc.yaml`), batch 32 per process, ViT 64-d depth 4 patch 7, fp32.
-Median over training steps of the trainer's `images_per_s` (global: both processes; a sample is
-a 3-frame clip for video_mae), data loading and the per-sample transforms included.
+`python benchmarks/bench_objectives.py --epochs {args.epochs} --rounds {args.rounds}` — {date}, {machine},
+2 CPU processes (gloo, `configs/accelerate/cpu_2proc.yaml`), batch 32 per process, ViT 64-d depth 4
+patch 7, fp32. Median over training steps of the trainer's `images_per_s` (global: both processes;
+a sample is a 3-frame clip for video_mae), data loading and per-sample transforms included; then
+the median over {args.rounds} interleaved rounds. 1-minute load average {load_before:.1f} before, {load_after:.1f} after
+(2 cores; other jobs shared the machine when above ~2, so read differences under ~30% as noise).
 
-| case | throughput |
-|---|---|
+| case | throughput (median) | per round |
+|---|---|---|
 {table}
 
-Gathering negatives costs {100 * (1 - gather / local):.1f}% of the local-negatives throughput here (one
-all-gather forward and one all-reduce backward of 2 x 32 x 64 floats a step). Mask ratio 0.9 vs
-0.5 runs {high / low:.2f}x the clips/s: the encoder sees 6 instead of 24 of the 48 tubelet tokens,
-while the decoder (all 48 tokens) and the loader (3 affine-warped frames a sample) cost the same.
+gather / local throughput: {gather / local:.2f}x. The gather adds one all-gather forward and one
+all-reduce backward of 2 x 32 x 64 floats a step, small next to the encoder's two views.
+Mask ratio 0.9 / 0.5: {high / low:.2f}x the clips/s: the encoder sees 6 instead of 24 of the 48
+tubelet tokens, while the decoder (all 48 tokens) and the loader (3 affine-warped frames a
+sample) cost the same.
 """
     print(text)
     if not args.no_write:

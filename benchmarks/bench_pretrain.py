@@ -10,10 +10,11 @@ import argparse
 import torch
 from timm.models.vision_transformer import VisionTransformer
 
-from common import interleaved, write_section
 from vitssl.config import PretrainConfig
 from vitssl.models import ViT, ViTArgs
 from vitssl.objectives import build_objective
+
+from common import interleaved, write_section
 
 SETUPS = {  # name: (image size, channels, patch, width, depth, heads)
     "MNIST 28x28, patch 7 (16 tokens), width 64, depth 4": (28, 1, 7, 64, 4, 4),

@@ -16,8 +16,9 @@ from pathlib import Path
 
 import mlflow
 
-from common import write_section
 from vitssl.data import make_train_loader
+
+from common import write_section
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
