@@ -12,9 +12,8 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
-from torch.nn.parallel import DistributedDataParallel as DDP
-
 from launching import client, free_port, last_lines, launch, metric
+from torch.nn.parallel import DistributedDataParallel as DDP
 from vitssl.data.views import TwoViews, ViewOptions
 from vitssl.objectives.gather import gather_with_grad
 from vitssl.objectives.infonce import ProjectionHead, nt_xent
@@ -189,3 +188,20 @@ def test_infonce_loss_falls_with_two_processes(mnist012, tmp_path):
     losses = metric(mlc, run_id, "epoch_loss")
     assert len(losses) == 4 and losses[-1] < losses[0], losses
     assert metric(mlc, run_id, "epoch_contrastive_acc")
+
+
+@pytest.mark.slow
+def test_two_processes_match_one_process_end_to_end(mnist012, tmp_path):
+    """The whole path (seeded views, DDP, gathered negatives): 2 x 8 = 1 x 16, step by step."""
+    base = [f"data.shards={mnist012}", f"run.tracking_uri=sqlite:///{tmp_path}/mlflow.db", "data.shuffle=false",
+            "run.max_steps=4", "run.log_every=1", "optim.lr=1e-3"]
+    one = launch("pretrain.py", "configs/mnist012/infonce.yaml",
+                 base + ["data.batch_size=16", f"run.output_dir={tmp_path}/one"], tmp_path, nproc=1)
+    two = launch("pretrain.py", "configs/mnist012/infonce.yaml",
+                 base + ["data.batch_size=8", f"run.output_dir={tmp_path}/two"], tmp_path, nproc=2)
+    mlc = client(tmp_path)
+    loss_one = metric(mlc, last_lines(one)["mlflow run id"], "loss")
+    loss_two = metric(mlc, last_lines(two)["mlflow run id"], "loss")
+    assert len(loss_one) == len(loss_two) == 4 and loss_one[0] != loss_one[3]
+    for a, b in zip(loss_one, loss_two):
+        assert abs(a - b) < 1e-5, (loss_one, loss_two)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from launching import client, last_lines, launch, metric
 from vitssl.config import PretrainConfig
 from vitssl.config.load import ConfigError, build_config

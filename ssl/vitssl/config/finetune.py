@@ -20,6 +20,8 @@ class FinetuneOptions(Section):
     mode: Literal["finetune", "linear", "knn"] = "finetune"
     num_classes: int = Field(3, ge=2)
     class_names: list[str] | None = Field(None, description="display names; default the label numbers")
+    pool: Literal["cls", "mean"] = Field(
+        "cls", description="embedding for every mode: the CLS token (mean of patches without one) or the patch mean")
     head_dropout: float = Field(0.0, ge=0, lt=1)
     label_smoothing: float = Field(0.0, ge=0, lt=1)
     layer_decay: float | None = Field(None, gt=0, le=1, description="layer-wise LR decay; None = off")

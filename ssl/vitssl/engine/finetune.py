@@ -223,7 +223,7 @@ def _finetune(cfg: FinetuneConfig, pretrained: Pretrained) -> FinetuneResult:
     accelerator = build_accelerator(cfg.run)
     set_seed(cfg.run.seed)
     encoder = build_encoder(cfg, pretrained)
-    options = ClassifyOptions(num_classes=ft.num_classes, head_dropout=ft.head_dropout,
+    options = ClassifyOptions(num_classes=ft.num_classes, pool=ft.pool, head_dropout=ft.head_dropout,
                               label_smoothing=ft.label_smoothing, augment=ft.augment,
                               augment_degrees=ft.augment_degrees, augment_translate=ft.augment_translate,
                               augment_scale=ft.augment_scale)
@@ -294,8 +294,10 @@ def _finetune(cfg: FinetuneConfig, pretrained: Pretrained) -> FinetuneResult:
         with torch.no_grad():
             logits = torch.cat([net.logits(images[i:i + 256].to(accelerator.device)).float().cpu()
                                 for i in range(0, len(images), 256)])
-        feats = extract_features(net.encoder, images, device=accelerator.device)
-        client = tracker._client
+        feats = extract_features(net.encoder, images, device=accelerator.device, pool=ft.pool)
+        import mlflow
+
+        client = mlflow.MlflowClient(tracking_uri=tracker.tracking_uri)
         curves = {"loss": {"train (epoch mean)": _history(client, run_id, "epoch_loss")},
                   "accuracy": {"train (epoch mean)": _history(client, run_id, "epoch_accuracy")}}
         result.metrics = _report(tracker, cfg, logits.argmax(1), labels, feats, curves, "epoch",
@@ -320,8 +322,8 @@ def _frozen(cfg: FinetuneConfig, pretrained: Pretrained, device: torch.device) -
         t0 = time.perf_counter()
         train_x, train_y, _ = load_split_tensors(cfg.data.shards, cfg.data.split)
         test_x, test_y, _ = load_split_tensors(cfg.data.shards, cfg.data.eval_split)
-        train_f = extract_features(encoder, train_x, device=device)
-        test_f = extract_features(encoder, test_x, device=device)
+        train_f = extract_features(encoder, train_x, device=device, pool=ft.pool)
+        test_f = extract_features(encoder, test_x, device=device, pool=ft.pool)
         feature_s = time.perf_counter() - t0
         curves: dict = {}
         if ft.mode == "linear":

@@ -4,13 +4,14 @@ from __future__ import annotations
 import torch
 
 from vitssl.models import ViT
-from vitssl.objectives.classify import encoder_input
+from vitssl.objectives.classify import pooled
 
 
 @torch.no_grad()
 def extract_features(encoder: ViT, images: torch.Tensor, batch_size: int = 256,
-                     device: torch.device | str = "cpu") -> torch.Tensor:
-    """Images (N, C, H, W) -> pooled embeddings (N, D) float32 on the CPU, encoder in eval mode.
+                     device: torch.device | str = "cpu", pool: str = "cls") -> torch.Tensor:
+    """Images (N, C, H, W) -> pooled embeddings (N, D) float32 on the CPU, encoder in eval mode
+    (pool: see vitssl.objectives.classify.pooled).
 
     The encoder's train/eval mode is restored afterwards, and no parameter is touched.
     """
@@ -19,7 +20,7 @@ def extract_features(encoder: ViT, images: torch.Tensor, batch_size: int = 256,
     out = []
     for i in range(0, images.shape[0], batch_size):
         x = images[i:i + batch_size].to(device)
-        out.append(encoder(encoder_input(encoder, x)).float().cpu())
+        out.append(pooled(encoder, x, pool).float().cpu())
     encoder.train(was_training)
     return torch.cat(out)
 

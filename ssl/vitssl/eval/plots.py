@@ -47,10 +47,10 @@ def embedding_figure(points: np.ndarray, labels: np.ndarray, class_names: list[s
 def curves_figure(panels: dict[str, dict[str, list[tuple[int, float]]]], xlabel: str, title: str = ""):
     """One subplot per panel (e.g. loss, accuracy), each with named (x, y) series."""
     fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.6), squeeze=False)
-    for ax, (name, series) in zip(axes[0], panels.items()):
+    for ax, (name, series) in zip(axes[0], panels.items(), strict=True):
         for label, points in series.items():
             if points:
-                xs, ys = zip(*points)
+                xs, ys = zip(*points, strict=True)
                 ax.plot(xs, ys, label=label, marker="." if len(xs) < 60 else None)
         ax.set_xlabel(xlabel)
         ax.set_title(name)

@@ -22,6 +22,7 @@ from vitssl.objectives.base import Batch, Metrics, Objective, ObjectiveOptions, 
 class ClassifyOptions(ObjectiveOptions):
     name: Literal["classify"] = "classify"
     num_classes: int = Field(3, ge=2)
+    pool: Literal["cls", "mean"] = "cls"
     head_dropout: float = Field(0.0, ge=0, lt=1)
     label_smoothing: float = Field(0.0, ge=0, lt=1)
     augment: bool = False
@@ -34,6 +35,15 @@ def encoder_input(encoder: ViT, images: torch.Tensor) -> torch.Tensor:
     """Images (B, C, H, W) -> what the encoder takes: the same, or clips (B, C, T, H, W) of repeats."""
     frames = encoder.args.frames
     return images if frames == 1 else repeat_clip(images, frames)
+
+
+def pooled(encoder: ViT, images: torch.Tensor, pool: str = "cls") -> torch.Tensor:
+    """Images (B, C, H, W) -> (B, D): the encoder's own pooling ("cls": the CLS token when it has
+    one), or "mean": the mean of the patch tokens (MAE fine-tunes this way; its CLS token gets no loss)."""
+    features = encoder.forward_features(encoder_input(encoder, images))
+    if pool == "mean":
+        return features[:, encoder.num_prefix:].mean(dim=1)
+    return encoder.pool(features)
 
 
 class RandomAffine:
@@ -77,7 +87,7 @@ class Classify(Objective):
 
     def embed(self, images: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) -> pooled embedding (B, D)."""
-        return self.encoder(encoder_input(self.encoder, images))
+        return pooled(self.encoder, images, self.options.pool)
 
     def logits(self, images: torch.Tensor) -> torch.Tensor:
         return self.head(self.head_drop(self.embed(images)))
