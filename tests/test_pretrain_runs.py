@@ -42,7 +42,7 @@ def encoder_weights(checkpoint: str) -> dict[str, torch.Tensor]:
     return torch.load(Path(checkpoint) / "encoder.pt", weights_only=True)["state_dict"]
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["SIGTERM", "SIGKILL"])
 def test_resume_after_interruption_matches_uninterrupted_run(mnist012, tmp_path, sig):
     args = common(mnist012, tmp_path, "unused") + [
         "data.batch_size=8", "run.epochs=3", "run.checkpoint_every=5", "model.dropout=0.1", "run.log_every=5"]
