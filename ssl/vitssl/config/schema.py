@@ -28,7 +28,8 @@ class DataConfig(Section):
 
 
 class ModelConfig(Section):
-    patch_size: int = Field(7, gt=0)
+    arch: Literal["vit", "cnn", "swin"] = Field("vit", description="encoder: vit, cnn (seed-003 baselines) or swin")
+    patch_size: int = Field(7, gt=0, description="vit and swin")
     embed_dim: int = Field(64, gt=0)
     depth: int = Field(4, ge=1)
     num_heads: int = Field(4, ge=1)
@@ -39,9 +40,25 @@ class ModelConfig(Section):
     pos_embed: Literal["sincos", "learned"] = "sincos"
     frames: int = Field(1, ge=1, description="clip length; 1 = images")
     tubelet: int = Field(1, ge=1, description="frames per tubelet")
+    cnn_channels: list[int] = Field([32, 64, 128], min_length=1, description="cnn: width of each conv stage")
+    cnn_groups: int = Field(8, ge=1, description="cnn: GroupNorm groups")
+    swin_window: int = Field(7, ge=1, description="swin: attention window (tokens per side)")
 
     @model_validator(mode="after")
     def _shapes(self) -> ModelConfig:
+        only = {"cnn": ("cnn_channels", "cnn_groups"), "swin": ("swin_window",)}
+        for arch, keys in only.items():
+            stray = [k for k in keys if k in self.model_fields_set and self.arch != arch]
+            if stray:
+                raise ValueError(f"model.{stray[0]} applies to model.arch {arch}, not {self.arch}")
+        if self.arch != "vit" and (self.frames, self.tubelet) != (1, 1):
+            raise ValueError(f"model.frames / model.tubelet (clips) need model.arch vit, not {self.arch}")
+        if self.arch == "cnn":
+            bad = [c for c in self.cnn_channels if c <= 0 or c % self.cnn_groups]
+            if bad:
+                raise ValueError(f"cnn_channels {self.cnn_channels}: every width must be positive and "
+                                 f"divisible by cnn_groups ({self.cnn_groups})")
+            return self
         if self.embed_dim % self.num_heads:
             raise ValueError(f"embed_dim ({self.embed_dim}) must be divisible by num_heads ({self.num_heads})")
         if self.frames % self.tubelet:
@@ -91,7 +108,7 @@ class PretrainConfig(Section):
 
     @model_validator(mode="after")
     def _consistent(self) -> PretrainConfig:
-        if self.data.image_size % self.model.patch_size:
+        if self.model.arch != "cnn" and self.data.image_size % self.model.patch_size:
             raise ValueError(
                 f"data.image_size ({self.data.image_size}) must be divisible by model.patch_size "
                 f"({self.model.patch_size})")

@@ -13,6 +13,7 @@ from vitssl.data import make_eval_loader, make_train_loader
 from vitssl.engine.builders import build_accelerator, build_optimizer, resolve_lr
 from vitssl.engine.checkpoint import latest_checkpoint
 from vitssl.engine.trainer import FitResult, Schedule, Trainer
+from vitssl.models import encoder_export
 from vitssl.objectives import build_objective, parse_options
 from vitssl.tracking import MlflowRun, git_commit
 
@@ -67,9 +68,7 @@ def run_pretrain(cfg: PretrainConfig) -> FitResult:
 
     def export_encoder() -> dict:
         encoder = accelerator.unwrap_model(trainer.model).encoder
-        return {"args": encoder.args.to_dict(), "state_dict": {k: v.detach().cpu() for k, v in
-                                                                encoder.state_dict().items()},
-                "objective": cfg.objective["name"], "config": cfg.model_dump(mode="json")}
+        return encoder_export(encoder) | {"objective": cfg.objective["name"], "config": cfg.model_dump(mode="json")}
 
     trainer = Trainer(accelerator, objective, optimizer, make_loader, schedule, tracker, out_dir,
                       cfg.run.checkpoint_every, cfg.run.keep_checkpoints, cfg.run.log_every, cfg.run.grad_clip,

@@ -1,5 +1,14 @@
 """Pretext objectives by name. Importing the modules registers them."""
-from vitssl.objectives import classify, infonce, mae, mae_infonce, video_mae  # noqa: F401
+from vitssl.objectives import (  # noqa: F401
+    classify,
+    cnn_autoencoder,
+    infonce,
+    mae,
+    mae_infonce,
+    rotation,
+    simclr,
+    video_mae,
+)
 from vitssl.objectives.base import OBJECTIVES, Objective, build_objective, parse_options, register, vit_args
 
 __all__ = ["OBJECTIVES", "Objective", "build_objective", "parse_options", "register", "vit_args"]

@@ -15,7 +15,7 @@ from torch import nn
 
 from vitssl.config.load import ConfigError, format_validation_error
 from vitssl.config.schema import PretrainConfig
-from vitssl.models import ViT, ViTArgs
+from vitssl.models import CNNArgs, SwinArgs, ViTArgs, make_encoder
 
 Batch = dict[str, torch.Tensor]
 Metrics = dict[str, torch.Tensor]
@@ -28,8 +28,9 @@ class ObjectiveOptions(BaseModel):
 
 class Objective(nn.Module):
     Options: ClassVar[type[ObjectiveOptions]] = ObjectiveOptions
+    archs: ClassVar[tuple[str, ...]] = ("vit",)  # the model.arch values this objective can train
 
-    encoder: ViT
+    encoder: nn.Module  # a ViT, or any encoder of vitssl.models.ARCHS that `archs` allows
 
     def sample_transform(self) -> Callable[[dict], dict] | None:
         """A picklable per-sample transform run in the data workers (None: images as they are)."""
@@ -64,6 +65,10 @@ def parse_options(cfg: PretrainConfig) -> ObjectiveOptions:
     except ValidationError as e:
         text = format_validation_error(e, f"objective {name}")
         raise ConfigError(text.replace("\n  ", "\n  objective.")) from None
+    arch = cfg.model.arch
+    if arch not in OBJECTIVES[name].archs:
+        raise ConfigError(f"invalid config: objective {name} trains model.arch "
+                          f"{' or '.join(OBJECTIVES[name].archs)}, not {arch}")
     check = getattr(OBJECTIVES[name], "check_config", None)
     if check is not None:
         check(cfg, options)
@@ -78,6 +83,22 @@ def vit_args(cfg: PretrainConfig) -> ViTArgs:
                    pos_embed=m.pos_embed, frames=m.frames, tubelet=m.tubelet)
 
 
+def encoder_args(cfg: PretrainConfig) -> ViTArgs | CNNArgs | SwinArgs:
+    """The constructor arguments of `model.arch`'s encoder, from the model and data sections."""
+    m, d = cfg.model, cfg.data
+    if m.arch == "vit":
+        return vit_args(cfg)
+    if m.arch == "cnn":
+        return CNNArgs(img_size=d.image_size, in_chans=d.channels, channels=list(m.cnn_channels), groups=m.cnn_groups)
+    return SwinArgs(img_size=d.image_size, in_chans=d.channels, patch_size=m.patch_size, embed_dim=m.embed_dim,
+                    depth=m.depth, num_heads=m.num_heads, window_size=m.swin_window, mlp_ratio=m.mlp_ratio,
+                    dropout=m.dropout, attn_dropout=m.attn_dropout)
+
+
+def build_encoder_from_config(cfg: PretrainConfig) -> nn.Module:
+    return make_encoder(cfg.model.arch, encoder_args(cfg).to_dict())
+
+
 def build_objective(cfg: PretrainConfig) -> Objective:
     options = parse_options(cfg)
-    return OBJECTIVES[options.name](ViT(vit_args(cfg)), options)
+    return OBJECTIVES[options.name](build_encoder_from_config(cfg), options)
