@@ -167,6 +167,15 @@ def test_two_views_shapes_range_and_seeded_randomness(preset, size, channels):
     assert not torch.equal(a["view1"], draw(1)["view1"])
 
 
+def test_color_views_survive_grayscale_and_grayscale_inputs():
+    # RandomGrayscale returns a channel-expanded view; the views must not be written in place.
+    views = TwoViews(ViewOptions(preset="color", grayscale_p=1.0, blur_p=0.0, noise_std=0.0), 64)
+    for channels in (3, 1):
+        out = views({"image": torch.rand(channels, 64, 64)})
+        assert out["view1"].shape == (3, 64, 64)
+        assert torch.equal(out["view1"][0], out["view1"][1])
+
+
 def test_view_options_reject_bad_ranges_and_unknown_keys():
     from pydantic import ValidationError
 

@@ -37,11 +37,25 @@ def fake_tiny_imagenet(tmp_path_factory) -> Path:
     return root / "shards"
 
 
-@pytest.mark.parametrize("config", ["configs/mnist/mae.yaml"])
+@pytest.mark.parametrize("config", ["configs/mnist/mae.yaml", "configs/mnist/infonce.yaml",
+                                    "configs/mnist/mae_infonce.yaml", "configs/mnist/video_mae.yaml"])
 def test_full_mnist_configs(config, fake_full_mnist, tmp_path):
     run_few_steps(config, fake_full_mnist, tmp_path, "data.batch_size=16", "data.num_workers=2")
 
 
-@pytest.mark.parametrize("config", ["configs/tiny_imagenet/mae_drop.yaml", "configs/tiny_imagenet/mae_mask_token.yaml"])
+@pytest.mark.parametrize("config", ["configs/tiny_imagenet/mae_drop.yaml", "configs/tiny_imagenet/mae_mask_token.yaml",
+                                    "configs/tiny_imagenet/infonce.yaml"])
 def test_tiny_imagenet_configs(config, fake_tiny_imagenet, tmp_path):
     run_few_steps(config, fake_tiny_imagenet, tmp_path, "data.batch_size=4", "data.num_workers=0")
+
+
+@pytest.mark.parametrize("mode", ["finetune", "linear"])
+def test_tiny_imagenet_evaluation_configs(mode, fake_tiny_imagenet, tmp_path):
+    config = f"configs/tiny_imagenet/{mode}.yaml"
+    out = launch("finetune.py", config, [f"data.shards={fake_tiny_imagenet}", "data.batch_size=4", "data.num_workers=0",
+                                         "model.depth=2", "finetune.num_classes=3", "run.epochs=1",
+                                         f"run.output_dir={tmp_path}/ft", f"run.tracking_uri=sqlite:///{tmp_path}/mlflow.db"],
+                 tmp_path)
+    run = client(tmp_path).get_run(last_lines(out)["mlflow run id"])
+    assert run.info.status == "FINISHED"
+    assert 0 <= run.data.metrics["test_accuracy"] <= 1

@@ -73,6 +73,6 @@ class TwoViews:
         image = sample["image"]
         if self.options.preset == "color" and image.shape[0] == 1:
             image = image.expand(3, -1, -1)  # a grayscale image among colour ones
-        sample["view1"] = self.view(image).clamp_(0, 1)
-        sample["view2"] = self.view(image).clamp_(0, 1)
+        sample["view1"] = self.view(image).clamp(0, 1)
+        sample["view2"] = self.view(image).clamp(0, 1)
         return sample
