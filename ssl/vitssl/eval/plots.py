@@ -74,6 +74,6 @@ def grouped_bars_figure(groups: list[str], series: dict[str, tuple[list[float], 
     if ylim:
         ax.set_ylim(*ylim)
     ax.grid(axis="y", alpha=0.3)
-    ax.legend()
+    ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0))
     ax.set_title(title)
     return fig
