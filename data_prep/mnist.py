@@ -174,8 +174,13 @@ def _split_source(pool: Pool, rows: np.ndarray, digits: list[int], rng: np.rando
     return SplitSource(len(rows), samples)
 
 
+UNLABELED = -1  # the .cls of label-free samples
+
+
 def build_splits(pools: list[Pool], digits: list[int], train_per_class: int | None,
-                 test_per_class: int | None, seed: int) -> dict[str, SplitSource]:
+                 test_per_class: int | None, seed: int, unlabeled_rest: bool = False) -> dict[str, SplitSource]:
+    """train/test picks per digit; with `unlabeled_rest` also a split `unlabeled`: every image of the
+    training pool, of all ten digits, that is not in `test` (labels withheld: .cls is -1)."""
     rng = np.random.default_rng(seed)
     picks: dict[str, list[np.ndarray]] = {"train": [], "test": []}
     for digit in digits:
@@ -193,6 +198,18 @@ def build_splits(pools: list[Pool], digits: list[int], train_per_class: int | No
             (test,) = _per_class_pick(pools[1], digit, rng, [test_per_class], ["test"])
         picks["train"].append(train)
         picks["test"].append(test)
-    return {split: _split_source(pools[0] if len(pools) == 1 or split == "train" else pools[1],
-                                 np.concatenate(rows), digits, rng)
-            for split, rows in picks.items()}
+    splits = {split: _split_source(pools[0] if len(pools) == 1 or split == "train" else pools[1],
+                                   np.concatenate(rows), digits, rng)
+              for split, rows in picks.items()}
+    if unlabeled_rest:
+        held_out = np.concatenate(picks["test"]) if len(pools) == 1 else np.array([], dtype=np.int64)
+        rest = np.setdiff1d(np.arange(len(pools[0].labels)), held_out)
+        splits["unlabeled"] = _unlabeled_source(pools[0], rest, rng)
+    return splits
+
+
+def _unlabeled_source(pool: Pool, rows: np.ndarray, rng: np.random.Generator) -> SplitSource:
+    rows = rng.permutation(rows)
+    samples = (Sample("png", encode_png(pool.images[r]), UNLABELED, str(int(pool.labels[r])),
+                      f"{pool.name}:{int(r)}") for r in rows)
+    return SplitSource(len(rows), samples)

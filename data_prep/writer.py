@@ -140,7 +140,9 @@ def _write_split(out: Path, split: str, source: SplitSource, classes: list[str],
     count = sum(per_class.values())
     if count != source.count:
         raise DataPrepError(f"internal: split {split!r} produced {count} samples, expected {source.count}")
-    return {"count": count, "per_class": {name: per_class[name] for name in classes},
+    # Names outside `classes` occur in the label-free split (its images keep their true digit here).
+    extra = {name: n for name, n in sorted(per_class.items()) if name not in classes}
+    return {"count": count, "per_class": {name: per_class[name] for name in classes} | extra,
             "shards": sink.shards}
 
 

@@ -12,21 +12,23 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
+
+import data_prep.mnist
+from data_prep import DataPrepError
+from data_prep.cli import run
+from vitssl.data import load_split_tensors
+
 from fixtures import (
     IDX_NAMES,
     TINY_WORDS,
     idx_bytes,
+    make_mnist_shards,
     tiny_imagenet_files,
     write_idx_dir,
     write_tiny_folder,
     write_tiny_zip,
 )
-from PIL import Image
-from vitssl.data import load_split_tensors
-
-import data_prep.mnist
-from data_prep import DataPrepError
-from data_prep.cli import run
 
 REPO = Path(__file__).resolve().parents[1]
 # Debian package dataset-fashion-mnist (apt-get install dataset-fashion-mnist) installs the four
@@ -363,3 +365,26 @@ def test_import_ssl_is_the_standard_library():
     assert not proc.stdout.strip().startswith(str(REPO / "ssl"))
     # ssl/ must stay a plain folder: an ssl/__init__.py would shadow the standard library from the repo root
     assert not (REPO / "ssl" / "__init__.py").exists()
+
+
+def test_unlabeled_rest_holds_every_digit_but_no_test_image(tmp_path):
+    plain = make_mnist_shards(tmp_path / "plain")
+    extra = make_mnist_shards(tmp_path / "extra", "--unlabeled-rest")
+    before, after = json.loads((plain / "manifest.json").read_text()), json.loads((extra / "manifest.json").read_text())
+    for split in ("train", "test"):  # the labelled protocol is unchanged by the option
+        assert before["splits"][split]["shards"] == after["splits"][split]["shards"]
+    unlabeled = after["splits"]["unlabeled"]
+    assert unlabeled["count"] == 5000 - 300
+    assert set(unlabeled["per_class"]) == {str(d) for d in range(10)}
+
+    def source_ids(split):
+        ids = set()
+        for shard in after["splits"][split]["shards"]:
+            with tarfile.open(extra / shard["name"]) as tar:
+                ids |= {json.loads(tar.extractfile(m).read())["source_id"] for m in tar if m.name.endswith(".json")}
+        return ids
+
+    assert not source_ids("unlabeled") & source_ids("test")
+    assert source_ids("train") <= source_ids("unlabeled")
+    _, labels, _ = load_split_tensors(extra, "unlabeled")
+    assert (labels == -1).all()
