@@ -90,3 +90,35 @@ def build_optimizer(model: torch.nn.Module, optim: OptimConfig, lr: float,
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
     for group in optimizer.param_groups:
         group["lr"] = lr * group.get("lr_scale", 1.0)
+
+
+def make_training_plan(cfg, accelerator: Accelerator, transform):
+    """The data stream and schedule every training run shares (pretrain and fine-tune).
+
+    cfg: a config with data, optim and run sections. Returns (make_loader(epoch, skip), Schedule,
+    global batch, peak LR, the sentence explaining the LR).
+    """
+    from vitssl.data import make_train_loader
+    from vitssl.engine.trainer import Schedule
+
+    world = accelerator.num_processes
+    global_batch = cfg.data.batch_size * world * cfg.run.grad_accum
+    peak_lr, lr_rule = resolve_lr(cfg.optim, global_batch)
+
+    def make_loader(epoch: int, skip: int):
+        return make_train_loader(
+            cfg.data.shards, cfg.data.split, batch_size=cfg.data.batch_size, rank=accelerator.process_index,
+            world_size=world, num_workers=cfg.data.num_workers, seed=cfg.run.seed, epoch=epoch,
+            shuffle=cfg.data.shuffle, shuffle_buffer=cfg.data.shuffle_buffer, transform=transform,
+            skip_batches=skip, check_sha=cfg.data.check_sha)
+
+    batches = make_loader(0, 0).steps_per_epoch
+    steps_per_epoch = batches // cfg.run.grad_accum
+    if steps_per_epoch == 0:
+        from vitssl.config import ConfigError
+
+        raise ConfigError(f"run.grad_accum={cfg.run.grad_accum} exceeds the {batches} batches of an epoch")
+    schedule = Schedule(cfg.run.epochs, steps_per_epoch, cfg.run.grad_accum,
+                        warmup_steps=math.ceil(cfg.optim.warmup_epochs * steps_per_epoch), peak_lr=peak_lr,
+                        min_lr=cfg.optim.min_lr, max_steps=cfg.run.max_steps)
+    return make_loader, schedule, global_batch, peak_lr, lr_rule

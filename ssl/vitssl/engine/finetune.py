@@ -8,7 +8,6 @@ run_finetune:        one of the three modes, then the same evaluation report for
 from __future__ import annotations
 
 import json
-import math
 import re
 import sys
 import time
@@ -22,11 +21,11 @@ from accelerate.utils import set_seed
 
 from vitssl.config import ConfigError, flatten, to_yaml
 from vitssl.config.finetune import FinetuneConfig
-from vitssl.data import load_split_tensors, make_train_loader
-from vitssl.engine.builders import build_accelerator, build_optimizer, resolve_lr
+from vitssl.data import load_split_tensors
+from vitssl.engine.builders import build_accelerator, build_optimizer, make_training_plan
 from vitssl.engine.checkpoint import CONFIG_FILE, ENCODER_FILE, TRAINER_STATE, latest_checkpoint
 from vitssl.engine.pretrain import resume_folder
-from vitssl.engine.trainer import Schedule, Trainer
+from vitssl.engine.trainer import Trainer
 from vitssl.eval import classification_report, extract_features, knn_predict, standardise, train_linear_probe
 from vitssl.eval.plots import confusion_figure, curves_figure, embedding_figure, project
 from vitssl.models import ViT, ViTArgs
@@ -220,7 +219,7 @@ def _start(tracker: MlflowRun, cfg: FinetuneConfig, pretrained: Pretrained, worl
 
 def _finetune(cfg: FinetuneConfig, pretrained: Pretrained) -> FinetuneResult:
     ft = cfg.finetune
-    accelerator = build_accelerator(cfg.run)
+    accelerator = build_accelerator(cfg.run, cfg.data.batch_size)
     set_seed(cfg.run.seed)
     encoder = build_encoder(cfg, pretrained)
     options = ClassifyOptions(num_classes=ft.num_classes, pool=ft.pool, head_dropout=ft.head_dropout,
@@ -229,23 +228,9 @@ def _finetune(cfg: FinetuneConfig, pretrained: Pretrained) -> FinetuneResult:
                               augment_scale=ft.augment_scale)
     model = Classify(encoder, options)
     world = accelerator.num_processes
-    global_batch = cfg.data.batch_size * world * cfg.run.grad_accum
-    peak_lr, lr_rule = resolve_lr(cfg.optim, global_batch)
-    transform = model.sample_transform()
-
-    def make_loader(epoch: int, skip: int):
-        return make_train_loader(
-            cfg.data.shards, cfg.data.split, batch_size=cfg.data.batch_size, rank=accelerator.process_index,
-            world_size=world, num_workers=cfg.data.num_workers, seed=cfg.run.seed, epoch=epoch,
-            shuffle=cfg.data.shuffle, shuffle_buffer=cfg.data.shuffle_buffer, transform=transform,
-            skip_batches=skip, check_sha=cfg.data.check_sha)
-
-    steps_per_epoch = make_loader(0, 0).steps_per_epoch // cfg.run.grad_accum
-    if steps_per_epoch == 0:
-        raise ConfigError(f"run.grad_accum={cfg.run.grad_accum} exceeds the batches of an epoch")
-    schedule = Schedule(cfg.run.epochs, steps_per_epoch, cfg.run.grad_accum,
-                        warmup_steps=math.ceil(cfg.optim.warmup_epochs * steps_per_epoch), peak_lr=peak_lr,
-                        min_lr=cfg.optim.min_lr, max_steps=cfg.run.max_steps)
+    make_loader, schedule, global_batch, peak_lr, lr_rule = make_training_plan(
+        cfg, accelerator, model.sample_transform())
+    steps_per_epoch = schedule.steps_per_epoch
     lr_scale = layer_decay_scales(encoder, ft.layer_decay) if ft.layer_decay else None
     optimizer = build_optimizer(model, cfg.optim, peak_lr, lr_scale)
     out_dir = Path(cfg.run.resolved_output_dir())

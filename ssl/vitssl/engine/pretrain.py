@@ -1,7 +1,6 @@
 """Pretraining run: build everything from a validated config and drive the Trainer."""
 from __future__ import annotations
 
-import math
 import sys
 from pathlib import Path
 
@@ -9,10 +8,10 @@ import torch
 from accelerate.utils import set_seed
 
 from vitssl.config import PretrainConfig, flatten, to_yaml
-from vitssl.data import make_eval_loader, make_train_loader
-from vitssl.engine.builders import build_accelerator, build_optimizer, resolve_lr
+from vitssl.data import make_eval_loader
+from vitssl.engine.builders import build_accelerator, build_optimizer, make_training_plan
 from vitssl.engine.checkpoint import latest_checkpoint
-from vitssl.engine.trainer import FitResult, Schedule, Trainer
+from vitssl.engine.trainer import FitResult, Trainer
 from vitssl.models import encoder_export
 from vitssl.objectives import build_objective, parse_options
 from vitssl.tracking import MlflowRun, git_commit
@@ -36,24 +35,9 @@ def run_pretrain(cfg: PretrainConfig) -> FitResult:
     set_seed(cfg.run.seed)  # same initial weights on every process
     objective = build_objective(cfg)
     world = accelerator.num_processes
-    global_batch = cfg.data.batch_size * world * cfg.run.grad_accum
-    peak_lr, lr_rule = resolve_lr(cfg.optim, global_batch)
     transform = objective.sample_transform()
-
-    def make_loader(epoch: int, skip: int):
-        return make_train_loader(
-            cfg.data.shards, cfg.data.split, batch_size=cfg.data.batch_size, rank=accelerator.process_index,
-            world_size=world, num_workers=cfg.data.num_workers, seed=cfg.run.seed, epoch=epoch,
-            shuffle=cfg.data.shuffle, shuffle_buffer=cfg.data.shuffle_buffer, transform=transform,
-            skip_batches=skip, check_sha=cfg.data.check_sha)
-
-    batches = make_loader(0, 0).steps_per_epoch
-    steps_per_epoch = batches // cfg.run.grad_accum
-    if steps_per_epoch == 0:
-        raise ValueError(f"run.grad_accum={cfg.run.grad_accum} exceeds the {batches} batches of an epoch")
-    schedule = Schedule(cfg.run.epochs, steps_per_epoch, cfg.run.grad_accum,
-                        warmup_steps=math.ceil(cfg.optim.warmup_epochs * steps_per_epoch), peak_lr=peak_lr,
-                        min_lr=cfg.optim.min_lr, max_steps=cfg.run.max_steps)
+    make_loader, schedule, global_batch, peak_lr, lr_rule = make_training_plan(cfg, accelerator, transform)
+    steps_per_epoch = schedule.steps_per_epoch
 
     out_dir = Path(cfg.run.resolved_output_dir())
     if accelerator.is_main_process:

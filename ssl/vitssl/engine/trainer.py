@@ -144,7 +144,7 @@ class Trainer:
         keys = sorted(values)
         t = torch.tensor([values[k] for k in keys], dtype=torch.float64, device=self.accelerator.device)
         t = self.accelerator.reduce(t, reduction="mean")
-        return dict(zip(keys, t.tolist()))
+        return dict(zip(keys, t.tolist(), strict=True))
 
     def fit(self) -> FitResult:
         acc, sch, st = self.accelerator, self.schedule, self.state
