@@ -29,6 +29,13 @@ class FinetuneOptions(Section):
     augment_degrees: float = Field(10.0, ge=0)
     augment_translate: float = Field(0.1, ge=0, lt=1, description="fraction of the image size")
     augment_scale: tuple[float, float] = (0.9, 1.1)
+    randaugment: bool = Field(False, description="torchvision RandAugment on the uint8 training digits")
+    randaugment_ops: int = Field(2, ge=1)
+    randaugment_magnitude: int = Field(9, ge=0, le=30)
+    mixup_alpha: float = Field(0.0, ge=0, description="Mixup of images and labels, lambda ~ Beta(a, a); 0 = off")
+    # label-free distillation: the loss is KL to a frozen teacher's logits, no label enters it
+    teacher: str = Field("none", description="a fine-tuned classifier (named as `pretrained` is), or none")
+    distill_temperature: float = Field(4.0, gt=0)
     # linear probe (frozen features, standardised, full-batch AdamW on a linear head)
     linear_steps: int = Field(300, ge=1)
     linear_lr: float = Field(0.01, gt=0)
@@ -53,7 +60,12 @@ class FinetuneConfig(Section):
         if names is not None and len(names) != self.finetune.num_classes:
             raise ValueError(f"finetune.class_names has {len(names)} names for finetune.num_classes "
                              f"{self.finetune.num_classes}")
-        if self.finetune.pretrained == "none" and self.data.image_size % self.model.patch_size:
+        ft = self.finetune
+        if ft.teacher != "none" and (ft.mode != "finetune" or ft.mixup_alpha > 0):
+            raise ValueError("finetune.teacher (distillation) needs finetune.mode finetune and no Mixup "
+                             f"(got mode {ft.mode}, mixup_alpha {ft.mixup_alpha})")
+        if (ft.pretrained == "none" and self.model.arch != "cnn"
+                and self.data.image_size % self.model.patch_size):
             raise ValueError(f"data.image_size ({self.data.image_size}) must be divisible by "
                              f"model.patch_size ({self.model.patch_size})")
         lo, hi = self.finetune.augment_scale

@@ -2,8 +2,10 @@
 
 resolve_pretrained:  `finetune.pretrained` (run id, runs:/<id>, checkpoint folder, pretrain output
                      dir, none) -> the checkpoint folder, its pretrain run and experiment.
-load_encoder:        rebuild the ViT from the saved arguments and load exactly its weights.
-run_finetune:        one of the three modes, then the same evaluation report for each.
+load_encoder:        rebuild the encoder (ViT, CNN or Swin: vitssl.models.registry) from the saved
+                     arguments and load exactly its weights.
+run_finetune:        one of the three modes, then the same evaluation report for each. With
+                     `finetune.teacher` the fine-tune is label-free distillation (objectives/distill.py).
 """
 from __future__ import annotations
 
@@ -11,7 +13,7 @@ import json
 import re
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -28,9 +30,10 @@ from vitssl.engine.pretrain import resume_folder
 from vitssl.engine.trainer import Trainer
 from vitssl.eval import classification_report, extract_features, knn_predict, standardise, train_linear_probe
 from vitssl.eval.plots import confusion_figure, curves_figure, embedding_figure, project
-from vitssl.models import ViT, ViTArgs
-from vitssl.objectives.base import vit_args
+from vitssl.models import ViT, encoder_export, encoder_from_export
+from vitssl.objectives.base import build_encoder_from_config
 from vitssl.objectives.classify import Classify, ClassifyOptions
+from vitssl.objectives.distill import Distill, DistillOptions, FrozenClassifier
 from vitssl.tracking import MlflowRun, git_commit, resolve_tracking_uri
 from vitssl.tracking.plots import close
 
@@ -133,25 +136,40 @@ def load_encoder_weights(encoder: ViT, state_dict: dict[str, torch.Tensor], sour
     encoder.load_state_dict(state_dict, strict=True)
 
 
-def load_encoder(folder: Path) -> tuple[ViT, dict]:
-    """Rebuild the ViT from `encoder.pt`'s saved arguments and load exactly its weights."""
+def load_encoder(folder: Path) -> tuple[torch.nn.Module, dict]:
+    """Rebuild the encoder from `encoder.pt`'s saved arch and arguments and load exactly its weights."""
     path = folder / ENCODER_FILE
     if not path.is_file():
         raise PretrainedError(f"{folder} has no {ENCODER_FILE}: not a vitssl checkpoint folder")
     try:
         export = torch.load(path, map_location="cpu", weights_only=True)
-        args = ViTArgs(**export["args"])
+        encoder = encoder_from_export(export)
         state_dict = export["state_dict"]
-    except Exception as e:  # unpickling, a missing key, an unknown argument: all mean "not an export"
+    except Exception as e:  # unpickling, a missing key, an unknown arch or argument: all mean "not an export"
         raise PretrainedError(f"{path} is not a vitssl encoder export ({type(e).__name__}: {e})") from None
-    encoder = ViT(args)
     load_encoder_weights(encoder, state_dict, str(path))
     return encoder, export
 
 
-def build_encoder(cfg: FinetuneConfig, pretrained: Pretrained) -> ViT:
+def load_teacher(spec: str, tracking_uri: str | None) -> FrozenClassifier:
+    """A fine-tuned classifier, frozen, as a distillation teacher. `spec` names its checkpoint as
+    `finetune.pretrained` does; the export must hold the head (a finetune.mode=finetune run)."""
+    found = resolve_pretrained(spec, tracking_uri)
+    if found.folder is None:
+        raise PretrainedError("finetune.teacher=none: distillation needs a fine-tuned classifier checkpoint")
+    encoder, export = load_encoder(found.folder)
+    if "head" not in export:
+        raise PretrainedError(f"finetune.teacher={spec!r}: {found.folder} holds an encoder without a classifier "
+                              f"head (a pretraining checkpoint?); use a finetune.mode=finetune run")
+    weight = export["head"]["weight"]
+    head = torch.nn.Linear(weight.shape[1], weight.shape[0])
+    head.load_state_dict(export["head"])
+    return FrozenClassifier(encoder, head, export.get("config", {}).get("finetune", {}).get("pool", "cls"))
+
+
+def build_encoder(cfg: FinetuneConfig, pretrained: Pretrained) -> torch.nn.Module:
     if pretrained.folder is None:
-        return ViT(vit_args(cfg))
+        return build_encoder_from_config(cfg)
     encoder, _ = load_encoder(pretrained.folder)
     a, d = encoder.args, cfg.data
     if (a.img_size, a.in_chans) != (d.image_size, d.channels):
@@ -199,8 +217,8 @@ def run_tags(cfg: FinetuneConfig, pretrained: Pretrained, world: int) -> dict[st
     tags = {"vitssl.stage": "finetune", "vitssl.mode": cfg.finetune.mode,
             "vitssl.objective": pretrained.objective, "vitssl.pretrain_run_id": pretrained.run_id or "none",
             "vitssl.seed": str(cfg.run.seed), "pretrained_checkpoint": str(pretrained.folder or "none"),
-            "git_commit": git_commit(), "world_size": str(world), "torch": torch.__version__,
-            "command": " ".join(sys.argv)}
+            "vitssl.teacher": cfg.finetune.teacher, "git_commit": git_commit(), "world_size": str(world),
+            "torch": torch.__version__, "command": " ".join(sys.argv)}
     parent = pretrained.run_id or cfg.run.parent_run_id
     if parent:
         tags["mlflow.parentRunId"] = parent
@@ -220,17 +238,27 @@ def _start(tracker: MlflowRun, cfg: FinetuneConfig, pretrained: Pretrained, worl
 def _finetune(cfg: FinetuneConfig, pretrained: Pretrained) -> FinetuneResult:
     ft = cfg.finetune
     accelerator = build_accelerator(cfg.run, cfg.data.batch_size)
+    # The teacher is built before seeding, so the student starts exactly as a plain fine-tune would.
+    teacher = load_teacher(ft.teacher, cfg.run.tracking_uri) if ft.teacher != "none" else None
     set_seed(cfg.run.seed)
     encoder = build_encoder(cfg, pretrained)
-    options = ClassifyOptions(num_classes=ft.num_classes, pool=ft.pool, head_dropout=ft.head_dropout,
-                              label_smoothing=ft.label_smoothing, augment=ft.augment,
-                              augment_degrees=ft.augment_degrees, augment_translate=ft.augment_translate,
-                              augment_scale=ft.augment_scale)
-    model = Classify(encoder, options)
+    common = dict(num_classes=ft.num_classes, pool=ft.pool, head_dropout=ft.head_dropout,
+                  label_smoothing=ft.label_smoothing, augment=ft.augment, augment_degrees=ft.augment_degrees,
+                  augment_translate=ft.augment_translate, augment_scale=ft.augment_scale,
+                  randaugment=ft.randaugment, randaugment_ops=ft.randaugment_ops,
+                  randaugment_magnitude=ft.randaugment_magnitude)
+    if teacher is not None:
+        model = Distill(encoder, DistillOptions(**common, temperature=ft.distill_temperature), teacher)
+        if pretrained.folder is None:
+            pretrained = replace(pretrained, objective="distill")
+    else:
+        model = Classify(encoder, ClassifyOptions(**common, mixup_alpha=ft.mixup_alpha))
     world = accelerator.num_processes
     make_loader, schedule, global_batch, peak_lr, lr_rule = make_training_plan(
         cfg, accelerator, model.sample_transform())
     steps_per_epoch = schedule.steps_per_epoch
+    if ft.layer_decay and not isinstance(encoder, ViT):
+        raise ConfigError(f"finetune.layer_decay needs a ViT encoder, this one is a {type(encoder).__name__}")
     lr_scale = layer_decay_scales(encoder, ft.layer_decay) if ft.layer_decay else None
     optimizer = build_optimizer(model, cfg.optim, peak_lr, lr_scale)
     out_dir = Path(cfg.run.resolved_output_dir())
@@ -241,8 +269,7 @@ def _finetune(cfg: FinetuneConfig, pretrained: Pretrained) -> FinetuneResult:
 
     def export_encoder() -> dict:
         m = accelerator.unwrap_model(trainer.model)
-        return {"args": m.encoder.args.to_dict(),
-                "state_dict": {k: v.detach().cpu() for k, v in m.encoder.state_dict().items()},
+        return encoder_export(m.encoder) | {
                 "head": {k: v.detach().cpu() for k, v in m.head.state_dict().items()},
                 "objective": "classify", "pretrained_objective": pretrained.objective,
                 "config": cfg.model_dump(mode="json")}

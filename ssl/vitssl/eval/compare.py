@@ -1,8 +1,10 @@
 """The comparison table of an experiment: objective x fine-tune / linear / kNN accuracy x pretrain cost.
 
 Reads MLflow only (search_runs over tags), so it works the same on a SQLite store and an
-`mlflow server`. For each (objective, mode, seed) the latest finished fine-tune run counts; several
-seeds give mean ± std (sample std, n - 1).
+`mlflow server`. For each (objective, variant, mode, seed) the latest finished fine-tune run counts;
+several seeds give mean ± std (sample std, n - 1). The `variant` tag (launch/sweep.py, or run.tags in a
+config) tells apart runs of one objective with other settings; within an objective, variants are
+ranked by fine-tune accuracy, then linear, then kNN.
 """
 from __future__ import annotations
 
@@ -12,12 +14,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 MODES = ("finetune", "linear", "knn")
-ORDER = ("none", "mae", "infonce", "mae_infonce", "video_mae")
+ORDER = ("none", "distill", "mae", "infonce", "mae_infonce", "video_mae", "cnn_autoencoder", "rotation", "simclr")
 
 
 @dataclass
 class Row:
     objective: str
+    variant: str = ""
     accuracy: dict[str, list[float]] = field(default_factory=dict)  # mode -> one value per seed
     seeds: set[str] = field(default_factory=set)
     pretrain_time_s: list[float] = field(default_factory=list)
@@ -63,16 +66,17 @@ def collect(experiment: str, tracking_uri: str | None = None) -> list[Row]:
     runs = mlflow.search_runs(experiment_names=[experiment], output_format="list",
                               filter_string="tags.`vitssl.stage` = 'finetune' and attributes.status = 'FINISHED'",
                               order_by=["attributes.start_time DESC"])
-    latest: dict[tuple[str, str, str], object] = {}
+    latest: dict[tuple[str, str, str, str], object] = {}
     for run in runs:  # newest first: the first seen of each key is the latest
         t = run.data.tags
         if "test_accuracy" not in run.data.metrics:
             continue
-        latest.setdefault((t.get("vitssl.objective", "none"), t.get("vitssl.mode", "?"), t.get("vitssl.seed", "0")), run)
-    rows: dict[str, Row] = {}
+        key = (t.get("vitssl.objective", "none"), t.get("variant", ""), t.get("vitssl.mode", "?"), t.get("vitssl.seed", "0"))
+        latest.setdefault(key, run)
+    rows: dict[tuple[str, str], Row] = {}
     pretrain_seen: set[str] = set()
-    for (objective, mode, seed), run in latest.items():
-        row = rows.setdefault(objective, Row(objective))
+    for (objective, variant, mode, seed), run in latest.items():
+        row = rows.setdefault((objective, variant), Row(objective, variant))
         row.accuracy.setdefault(mode, []).append(run.data.metrics["test_accuracy"])
         row.seeds.add(seed)
         parent = run.data.tags.get("vitssl.pretrain_run_id", "none")
@@ -84,7 +88,16 @@ def collect(experiment: str, tracking_uri: str | None = None) -> list[Row]:
             if ips is not None:
                 row.pretrain_images_per_s.append(ips)
     rank = {name: i for i, name in enumerate(ORDER)}
-    return sorted(rows.values(), key=lambda r: (rank.get(r.objective, len(ORDER)), r.objective))
+
+    def score(r: Row) -> list[float]:  # higher is better; a missing mode ranks last
+        return [-_mean_std(r.accuracy[m])[0] if m in r.accuracy else 0.0 for m in MODES]
+
+    return sorted(rows.values(), key=lambda r: (rank.get(r.objective, len(ORDER)), r.objective, score(r)))
+
+
+def label(row: Row) -> str:
+    name = row.objective if row.objective != "none" else "none (scratch)"
+    return f"{name} [{row.variant}]" if row.variant else name
 
 
 HEADER = ["objective", "seeds", "finetune acc (%)", "linear acc (%)", "kNN acc (%)", "pretrain time (s)",
@@ -94,7 +107,7 @@ HEADER = ["objective", "seeds", "finetune acc (%)", "linear acc (%)", "kNN acc (
 def to_markdown(rows: list[Row]) -> str:
     lines = ["| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
     for r in rows:
-        cells = [r.objective if r.objective != "none" else "none (scratch)", str(len(r.seeds))]
+        cells = [label(r), str(len(r.seeds))]
         cells += [_fmt(r.accuracy.get(m, []), 100) for m in MODES]
         cells += [_fmt(r.pretrain_time_s, digits=1), _fmt(r.pretrain_images_per_s, digits=0)]
         lines.append("| " + " | ".join(cells) + " |")
@@ -107,7 +120,7 @@ def write_csv(rows: list[Row], path: Path) -> None:
         w.writerow(["objective", "seeds"] + [f"{m}_{s}" for m in (*MODES, "pretrain_time_s", "pretrain_images_per_s")
                                              for s in ("mean", "std", "n")])
         for r in rows:
-            cells: list = [r.objective, len(r.seeds)]
+            cells: list = [label(r), len(r.seeds)]
             for values in [r.accuracy.get(m, []) for m in MODES] + [r.pretrain_time_s, r.pretrain_images_per_s]:
                 mean, std = _mean_std(values)
                 cells += [f"{mean:.6g}", f"{std:.6g}", len(values)]
@@ -123,7 +136,7 @@ def bar_figure(rows: list[Row], title: str):
         series[mode] = ([m for m, _ in stats], [s for _, s in stats])
     lows = [v for m, _ in series.values() for v in m if v == v]
     low = max(0.0, min(lows) - 5) if lows else 0.0
-    return grouped_bars_figure([r.objective for r in rows], series, "test accuracy (%)", title, (low, 100.5))
+    return grouped_bars_figure([label(r) for r in rows], series, "test accuracy (%)", title, (low, 100.5))
 
 
 def write_outputs(rows: list[Row], out: Path, title: str) -> dict[str, Path]:

@@ -3,6 +3,8 @@
 The fine-tuning objective. It runs under the same Trainer as the pretext objectives, so a
 fine-tune gets the same loop, schedule, checkpoints and multi-GPU support for free. A video
 encoder (frames > 1) classifies an image as the clip that repeats it `frames` times.
+Regularisation for training from scratch: RandAugment per sample (in the data workers) and Mixup per
+batch (here, training mode only: the same coefficient mixes the images and their one-hot labels).
 """
 from __future__ import annotations
 
@@ -14,9 +16,11 @@ from pydantic import Field
 from torch import nn
 from torchvision.transforms.v2 import functional as TF
 
+from vitssl.data.augment import RandAugmentDigits, chain
 from vitssl.data.clips import repeat_clip
 from vitssl.models import ViT
 from vitssl.objectives.base import Batch, Metrics, Objective, ObjectiveOptions, register
+from vitssl.objectives.mixup import mixup
 
 
 class ClassifyOptions(ObjectiveOptions):
@@ -29,11 +33,15 @@ class ClassifyOptions(ObjectiveOptions):
     augment_degrees: float = Field(10.0, ge=0)
     augment_translate: float = Field(0.1, ge=0, lt=1)
     augment_scale: tuple[float, float] = (0.9, 1.1)
+    randaugment: bool = False
+    randaugment_ops: int = Field(2, ge=1)
+    randaugment_magnitude: int = Field(9, ge=0, le=30)
+    mixup_alpha: float = Field(0.0, ge=0, description="Mixup lambda ~ Beta(alpha, alpha); 0 = off")
 
 
 def encoder_input(encoder: ViT, images: torch.Tensor) -> torch.Tensor:
     """Images (B, C, H, W) -> what the encoder takes: the same, or clips (B, C, T, H, W) of repeats."""
-    frames = encoder.args.frames
+    frames = getattr(encoder.args, "frames", 1)  # only ViTs encode clips
     return images if frames == 1 else repeat_clip(images, frames)
 
 
@@ -69,6 +77,7 @@ class RandomAffine:
 @register("classify")
 class Classify(Objective):
     Options = ClassifyOptions
+    archs = ("vit", "cnn", "swin")
 
     def __init__(self, encoder: ViT, options: ClassifyOptions):
         super().__init__()
@@ -81,9 +90,8 @@ class Classify(Objective):
 
     def sample_transform(self):
         o = self.options
-        if not o.augment:
-            return None
-        return RandomAffine(o.augment_degrees, o.augment_translate, o.augment_scale)
+        return chain(RandAugmentDigits(o.randaugment_ops, o.randaugment_magnitude) if o.randaugment else None,
+                     RandomAffine(o.augment_degrees, o.augment_translate, o.augment_scale) if o.augment else None)
 
     def embed(self, images: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) -> pooled embedding (B, D)."""
@@ -93,7 +101,11 @@ class Classify(Objective):
         return self.head(self.head_drop(self.embed(images)))
 
     def forward(self, batch: Batch) -> tuple[torch.Tensor, Metrics]:
-        logits = self.logits(batch["image"]).float()
-        loss = F.cross_entropy(logits, batch["label"], label_smoothing=self.options.label_smoothing)
-        accuracy = (logits.argmax(-1) == batch["label"]).float().mean()
+        images, targets = batch["image"], batch["label"]
+        if self.training and self.options.mixup_alpha > 0:
+            images, targets, _ = mixup(images, targets, self.options.num_classes, self.options.mixup_alpha)
+        logits = self.logits(images).float()
+        loss = F.cross_entropy(logits, targets, label_smoothing=self.options.label_smoothing)
+        hard = targets if targets.ndim == 1 else targets.argmax(-1)  # under Mixup: the larger share
+        accuracy = (logits.argmax(-1) == hard).float().mean()
         return loss, {"loss_ce": loss.detach(), "accuracy": accuracy.detach()}
