@@ -13,14 +13,21 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from launching import client, launch, metric
 from vitssl.config import PretrainConfig, load_config
 from vitssl.config.finetune import FinetuneConfig
 from vitssl.engine import finetune as engine
-from vitssl.engine.finetune import PretrainedError, build_encoder, load_encoder, resolve_pretrained, run_finetune
+from vitssl.engine.finetune import (
+    PretrainedError,
+    build_encoder,
+    load_encoder,
+    resolve_pretrained,
+    run_finetune,
+)
 from vitssl.engine.pretrain import run_pretrain
 from vitssl.models import ViT, ViTArgs
 from vitssl.objectives.classify import Classify, ClassifyOptions
+
+from launching import client, launch, metric
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "launch"))

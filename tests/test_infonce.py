@@ -12,11 +12,13 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
-from launching import client, free_port, last_lines, launch, metric
 from torch.nn.parallel import DistributedDataParallel as DDP
+
 from vitssl.data.views import TwoViews, ViewOptions
 from vitssl.objectives.gather import gather_with_grad
 from vitssl.objectives.infonce import ProjectionHead, nt_xent
+
+from launching import client, free_port, last_lines, launch, metric
 
 B, D, E, T = 4, 16, 8, 0.2  # per-rank batch, embedding dim, projection dim, temperature
 WORLD = 2
@@ -212,5 +214,5 @@ def test_two_processes_match_one_process_end_to_end(mnist012, tmp_path):
     loss_one = metric(mlc, last_lines(one)["mlflow run id"], "loss")
     loss_two = metric(mlc, last_lines(two)["mlflow run id"], "loss")
     assert len(loss_one) == len(loss_two) == 4 and loss_one[0] != loss_one[3]
-    for a, b in zip(loss_one, loss_two):
+    for a, b in zip(loss_one, loss_two, strict=True):
         assert abs(a - b) < 1e-5, (loss_one, loss_two)

@@ -6,8 +6,10 @@ import json
 
 import pytest
 import torch
-from fixtures import make_mnist_shards
+
 from vitssl.data import DataError, load_manifest, load_split_tensors, make_eval_loader, make_train_loader
+
+from fixtures import make_mnist_shards
 
 N_TRAIN = 96  # 3 classes x 32; divisible by the global batch 2 ranks x 8
 

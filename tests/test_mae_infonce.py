@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-from launching import client, last_lines, launch, metric
+
 from vitssl.config import PretrainConfig
 from vitssl.config.load import ConfigError, build_config
 from vitssl.objectives import build_objective, parse_options
+
+from launching import client, last_lines, launch, metric
 
 
 def cfg(**objective) -> PretrainConfig:

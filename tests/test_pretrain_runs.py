@@ -33,7 +33,7 @@ def test_two_processes_match_one_process_with_the_same_global_batch(mnist012, tm
     loss_one, loss_two = metric(mlc, run_one, "loss"), metric(mlc, run_two, "loss")
     assert len(loss_one) == len(loss_two) == 4
     assert loss_one[0] != loss_one[3]  # the model did change
-    for a, b in zip(loss_one, loss_two):
+    for a, b in zip(loss_one, loss_two, strict=True):
         assert abs(a - b) < 1e-5, (loss_one, loss_two)
     assert mlc.get_run(run_two).data.tags["world_size"] == "2"
 

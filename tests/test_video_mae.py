@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import pytest
 import torch
-from launching import client, last_lines, launch, metric
+
 from vitssl.config import PretrainConfig
 from vitssl.config.load import ConfigError, build_config
 from vitssl.data.clips import MovingClip, moving_clip, repeat_clip
 from vitssl.models.masking import patchify, unpatchify_clip
 from vitssl.objectives import build_objective, parse_options
+
+from launching import client, last_lines, launch, metric
 
 CONFIG = "configs/mnist012/video_mae.yaml"
 

@@ -13,7 +13,7 @@ def test_plain_webdataset_reads_the_shards(mnist012):
     samples = list(wds.WebDataset(urls, shardshuffle=False).decode("l8"))
     assert len(samples) == manifest["splits"]["train"]["count"] == 300
     images, labels, indices = load_split_tensors(mnist012, "train")
-    by_index = {int(i): (img, int(lab)) for img, lab, i in zip(images, labels, indices)}
+    by_index = {int(i): (img, int(lab)) for img, lab, i in zip(images, labels, indices, strict=True)}
     for s in samples[:20]:
         meta = s["json"]
         meta = json.loads(meta) if isinstance(meta, (bytes, str)) else meta

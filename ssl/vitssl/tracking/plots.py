@@ -11,7 +11,7 @@ def curve_figure(series: dict[str, list[tuple[int, float]]], xlabel: str = "step
     fig, ax = plt.subplots(figsize=(6, 4))
     for name, points in series.items():
         if points:
-            xs, ys = zip(*points)
+            xs, ys = zip(*points, strict=True)
             ax.plot(xs, ys, label=name)
     ax.set_xlabel(xlabel)
     ax.set_title(title)
