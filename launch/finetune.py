@@ -11,9 +11,9 @@ import sys
 
 from accelerate import PartialState
 
-from vitssl.config import ConfigError, load_config
+from vitssl.config import load_config
 from vitssl.config.finetune import FinetuneConfig
-from vitssl.data import DataError
+from vitssl.engine.errors import USER_ERRORS
 from vitssl.engine.finetune import run_finetune
 
 
@@ -25,7 +25,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = load_config(FinetuneConfig, args.config, args.overrides)
         result = run_finetune(cfg)
-    except (ConfigError, DataError) as e:
+    except USER_ERRORS as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     if PartialState().is_main_process:

@@ -10,9 +10,8 @@ import sys
 
 from accelerate import PartialState
 
-from vitssl.config import ConfigError, PretrainConfig, load_config
-from vitssl.data import DataError
-from vitssl.engine.builders import LaunchError
+from vitssl.config import PretrainConfig, load_config
+from vitssl.engine.errors import USER_ERRORS
 from vitssl.engine.pretrain import run_pretrain
 from vitssl.objectives import parse_options
 
@@ -26,7 +25,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg = load_config(PretrainConfig, args.config, args.overrides)
         parse_options(cfg)
         result = run_pretrain(cfg)
-    except (ConfigError, DataError, LaunchError) as e:
+    except USER_ERRORS as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     if PartialState().is_main_process:
