@@ -13,7 +13,6 @@ from accelerate import PartialState
 from vitssl.config import PretrainConfig, load_config
 from vitssl.engine.errors import USER_ERRORS
 from vitssl.engine.pretrain import run_pretrain
-from vitssl.objectives import parse_options
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -23,7 +22,6 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         cfg = load_config(PretrainConfig, args.config, args.overrides)
-        parse_options(cfg)
         result = run_pretrain(cfg)
     except USER_ERRORS as e:
         print(f"error: {e}", file=sys.stderr)

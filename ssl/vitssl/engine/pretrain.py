@@ -40,11 +40,10 @@ def run_pretrain(cfg: PretrainConfig) -> FitResult:
     steps_per_epoch = schedule.steps_per_epoch
 
     out_dir = Path(cfg.run.resolved_output_dir())
+    figure_batch = None
     if accelerator.is_main_process:
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "config.yaml").write_text(to_yaml(cfg))
-    figure_batch = None
-    if accelerator.is_main_process:
         figure_batch = next(iter(make_eval_loader(cfg.data.shards, cfg.data.eval_split, batch_size=8,
                                                   transform=transform, check_sha=cfg.data.check_sha)))
     tracker = MlflowRun(accelerator.is_main_process, cfg.run.tracking_uri, cfg.run.experiment)
