@@ -11,6 +11,20 @@ from pathlib import Path
 from launching import free_port
 
 
+def wait_healthy(url: str, proc: subprocess.Popen, timeout: float = 120) -> None:
+    deadline = time.time() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=2) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            pass
+        if proc.poll() is not None or time.time() > deadline:
+            raise RuntimeError(f"mlflow server did not start: {proc.stderr.read()[-2000:] if proc.stderr else ''}")
+        time.sleep(0.5)
+
+
 @contextmanager
 def mlflow_server(root: Path):
     port = free_port()
@@ -21,17 +35,7 @@ def mlflow_server(root: Path):
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.time() + 120
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}/health", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            if proc.poll() is not None or time.time() > deadline:
-                raise RuntimeError(f"mlflow server did not start: {proc.stderr.read()[-2000:] if proc.stderr else ''}")
-            time.sleep(0.5)
+        wait_healthy(url, proc)
         yield url
     finally:
         proc.terminate()
