@@ -126,6 +126,13 @@ class BufferedRun:
             parent = str(Path(artifact_file).parent)
             self.log_artifact(path, None if parent == "." else parent)
 
+    def last_step(self, keys: tuple[str, ...]) -> int:
+        """As `MlflowRun.last_step`; -1 while the server is unreachable (then the spool holds the rest)."""
+        try:
+            return self.inner.last_step(keys) if not self.offline else -1
+        except Exception:  # noqa: BLE001
+            return -1
+
     def end(self, status: str = "FINISHED") -> None:
         """Queue the final status, then wait (bounded) for everything to be sent."""
         if not self.enabled or self._thread is None:
