@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 PR_SET_PDEATHSIG = 1
-LAUNCHERS = (b"accelerate", b"torchrun", b"torch.distributed.run")
+LAUNCHERS = (b"accelerate", b"torchrun", b"torch.distributed.run", b"launch/launcher.py")
 
 
 def _parent_is_a_launcher(parent: int) -> bool:
