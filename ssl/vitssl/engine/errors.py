@@ -6,9 +6,10 @@ SIGTERM; used for SIGINT too, so "interrupted, resumable" has one code.
 from vitssl.config import ConfigError
 from vitssl.data import DataError
 from vitssl.engine.builders import LaunchError
+from vitssl.engine.checkpoint import CheckpointWriteError
 from vitssl.engine.lock import RunFolderBusy
 from vitssl.tracking.buffered import TrackingUnavailable
 
-USER_ERRORS = (ConfigError, DataError, LaunchError, RunFolderBusy, TrackingUnavailable)
+USER_ERRORS = (ConfigError, DataError, LaunchError, RunFolderBusy, TrackingUnavailable, CheckpointWriteError)
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 143

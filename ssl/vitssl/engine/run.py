@@ -20,7 +20,7 @@ from accelerate.utils import set_seed
 
 from vitssl.config import ConfigError, flatten, to_yaml
 from vitssl.engine.builders import build_accelerator, build_optimizer
-from vitssl.engine.checkpoint import CONFIG_FILE, TRAINER_STATE, Checkpointer, latest_checkpoint
+from vitssl.engine.checkpoint import CONFIG_FILE, TRAINER_STATE, Checkpointer, latest_checkpoint, remove_partial
 from vitssl.engine.lock import lock_run_folder
 from vitssl.engine.plan import TrainingPlan, make_training_plan
 from vitssl.engine.trainer import FitResult, Trainer, TrainerOptions
@@ -74,12 +74,15 @@ class RunSession:
         self.resume = resume_folder(self.cfg, self.out_dir)  # a bad run.resume fails before anything is written
         self.lock = lock_run_folder(self.accelerator, self.out_dir)  # one owner per folder, before any write
         if self.is_main:
+            remove_partial(self.out_dir)  # ours now: what a killed save left is garbage
             (self.out_dir / CONFIG_FILE).write_text(to_yaml(self.cfg))
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
         try:
             if exc_type is not None:
+                if getattr(self.trainer, "bar", None) is not None:
+                    self.trainer.bar.close()  # so the error line that follows starts a line of its own
                 self.tracker.end("FAILED")
                 return
             self.tracker.end("KILLED" if self.interrupted else "FINISHED")

@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from vitssl.tracking.mlflow_run import MlflowRun
+from vitssl.tracking.mlflow_run import MlflowRun, resolve_tracking_uri
 from vitssl.tracking.spool import REJECTED_FILE, Spool
 
 # MLflow's client otherwise retries an unreachable server for minutes (7 retries, 120 s timeout).
@@ -47,9 +47,10 @@ class BufferedRun:
                  close_timeout: float = 10.0):
         for key, value in BOUNDED_CLIENT.items():
             os.environ.setdefault(key, value)  # an explicit user setting wins
-        self.inner = MlflowRun(enabled, tracking_uri, experiment)
+        self._inner_args = (enabled, tracking_uri, experiment)
+        self.inner: MlflowRun | None = None  # made at start: a SQLite store is created when its client is
         self.enabled = enabled
-        self.tracking_uri = self.inner.tracking_uri
+        self.tracking_uri = resolve_tracking_uri(tracking_uri)
         self.spool = Spool(run_folder)
         self.required, self.start_timeout = required, start_timeout
         self.probe_every, self.close_timeout = probe_every, close_timeout
@@ -64,6 +65,7 @@ class BufferedRun:
     def start(self, run_name: str, tags: dict[str, str], run_id: str | None = None) -> str | None:
         if not self.enabled:
             return None
+        self.inner = MlflowRun(*self._inner_args)
         deadline = time.monotonic() + self.start_timeout
         while True:
             try:
@@ -129,7 +131,7 @@ class BufferedRun:
     def last_step(self, keys: tuple[str, ...]) -> int:
         """As `MlflowRun.last_step`; -1 while the server is unreachable (then the spool holds the rest)."""
         try:
-            return self.inner.last_step(keys) if not self.offline else -1
+            return self.inner.last_step(keys) if self.inner is not None and not self.offline else -1
         except Exception:  # noqa: BLE001
             return -1
 
