@@ -7,7 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from launching import ROOT, env
+from vitssl.tracking.spool import Spool
+
+from launching import ROOT, env, free_port
 
 MAE = str(ROOT / "configs/mnist012/mae.yaml")
 
@@ -51,3 +53,20 @@ def test_disk_full_while_checkpointing_is_one_line_and_leaves_no_partial_folder(
     [line] = error_lines(out)
     assert line.startswith("error: writing checkpoint 1 into") and "the partial folder was removed" in line, line
     assert sorted(p.name for p in (small_disk / "run").iterdir()) == ["config.yaml"]
+
+
+@pytest.mark.slow
+def test_tracking_server_never_started_is_one_line_or_an_opt_in_offline_run(tmp_path, mnist012):
+    url = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    base = [f"data.shards={mnist012}", f"run.tracking_uri={url}", "run.max_steps=3", "run.figure_every=0"]
+    out = pretrain(tmp_path, *base, f"run.output_dir={tmp_path}/required")
+    assert out.returncode == 2
+    [line] = error_lines(out)
+    assert line.startswith(f"error: MLflow at {url} unreachable for 20 s") and "run.tracking_required=false" in line
+
+    out = pretrain(tmp_path, *base, f"run.output_dir={tmp_path}/optional", "run.tracking_required=false")
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "training without tracking" in out.stdout
+    spooled = Spool(tmp_path / "optional").read()
+    assert spooled[0]["method"] == "start" and spooled[-1] == {"run_id": None, "method": "end",
+                                                               "kwargs": {"status": "FINISHED"}}

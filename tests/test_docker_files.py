@@ -11,6 +11,7 @@ from pathlib import Path
 import mlflow
 import pytest
 import yaml
+
 from launching import free_port
 from mlflow_server import wait_healthy
 

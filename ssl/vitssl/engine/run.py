@@ -20,7 +20,13 @@ from accelerate.utils import set_seed
 
 from vitssl.config import ConfigError, flatten, to_yaml
 from vitssl.engine.builders import build_accelerator, build_optimizer
-from vitssl.engine.checkpoint import CONFIG_FILE, TRAINER_STATE, Checkpointer, latest_checkpoint, remove_partial
+from vitssl.engine.checkpoint import (
+    CONFIG_FILE,
+    TRAINER_STATE,
+    Checkpointer,
+    latest_checkpoint,
+    remove_partial,
+)
 from vitssl.engine.lock import lock_run_folder
 from vitssl.engine.plan import TrainingPlan, make_training_plan
 from vitssl.engine.trainer import FitResult, Trainer, TrainerOptions

@@ -43,7 +43,7 @@ class BufferedRun:
     """`MlflowRun`'s interface; calls return at once and reach MLflow from a background thread."""
 
     def __init__(self, enabled: bool, tracking_uri: str | None, experiment: str, run_folder: Path,
-                 required: bool = True, start_timeout: float = 30.0, probe_every: float = 5.0,
+                 required: bool = True, start_timeout: float = 20.0, probe_every: float = 5.0,
                  close_timeout: float = 10.0):
         for key, value in BOUNDED_CLIENT.items():
             os.environ.setdefault(key, value)  # an explicit user setting wins
