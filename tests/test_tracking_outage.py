@@ -13,6 +13,7 @@ import mlflow
 import pytest
 
 from vitssl.tracking.buffered import BufferedRun, TrackingUnavailable
+from vitssl.tracking.mlflow_run import MlflowRun
 from vitssl.tracking.spool import Spool
 
 from launching import ROOT, free_port
@@ -20,9 +21,6 @@ from mlflow_server import start_server, wait_healthy
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-
-pytestmark = pytest.mark.slow
-
 
 class Server:
     """One store, a fixed port: kill it and bring it back as an outage does."""
@@ -62,6 +60,7 @@ def wait_until(condition, timeout: float = 60) -> None:
         time.sleep(0.2)
 
 
+@pytest.mark.slow
 def test_server_killed_mid_run_training_goes_on_and_every_step_arrives_once(server, tmp_path):
     run = BufferedRun(True, server.url, "outage", tmp_path / "run", probe_every=0.5)
     run_id = run.start("r", {"kind": "test"})
@@ -86,6 +85,7 @@ def test_server_killed_mid_run_training_goes_on_and_every_step_arrives_once(serv
     assert [f.path for f in client.list_artifacts(run_id, "figures")] == ["figures/during_outage.png"]
 
 
+@pytest.mark.slow
 def test_server_down_at_the_end_the_replay_command_sets_the_final_status(server, tmp_path):
     folder = tmp_path / "run"
     run = BufferedRun(True, server.url, "outage", folder, probe_every=0.5, close_timeout=2)
@@ -107,6 +107,7 @@ def test_server_down_at_the_end_the_replay_command_sets_the_final_status(server,
     assert not Spool(folder)
 
 
+@pytest.mark.slow
 def test_a_resume_replays_the_spool_then_reopens_the_run(server, tmp_path):
     folder = tmp_path / "run"
     run = BufferedRun(True, server.url, "outage", folder, probe_every=0.5, close_timeout=1)
@@ -125,6 +126,7 @@ def test_a_resume_replays_the_spool_then_reopens_the_run(server, tmp_path):
     assert client.get_run(run_id).info.status == "FINISHED"
 
 
+@pytest.mark.slow
 def test_unreachable_at_start_is_one_clear_error(tmp_path):
     url = f"http://127.0.0.1:{free_port()}"  # nothing listens there
     run = BufferedRun(True, url, "outage", tmp_path / "run", start_timeout=3, probe_every=1)
@@ -133,6 +135,7 @@ def test_unreachable_at_start_is_one_clear_error(tmp_path):
     assert not (tmp_path / "run").exists(), "nothing written when the run refuses to start"
 
 
+@pytest.mark.slow
 def test_not_required_trains_offline_and_the_replay_creates_the_run(tmp_path):
     folder = tmp_path / "run"
     root = tmp_path / "server"
@@ -157,3 +160,17 @@ def test_not_required_trains_offline_and_the_replay_creates_the_run(tmp_path):
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(timeout=30)
+
+
+def test_replay_never_logs_a_step_twice(tmp_path):
+    """A call cut off by an outage may have reached the server before the connection dropped."""
+    run = MlflowRun(True, f"sqlite:///{tmp_path / 'mlflow.db'}", "replay")
+    run_id = run.start("r", {})
+    run.log_metrics({"loss": 1.0}, 1)  # reached the server, yet spooled as failed
+    spool = Spool(tmp_path / "run")
+    for step in (1, 2):
+        spool.append(run_id, "log_metrics", {"metrics": {"loss": float(step)}, "step": step})
+    spool.append(run_id, "end", {"status": "FINISHED"})
+    assert spool.replay(MlflowRun(True, run.tracking_uri, "replay")) == run_id
+    assert steps(run._client, run_id) == [1, 2]
+    assert run._client.get_run(run_id).info.status == "FINISHED" and not spool

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from vitssl.tracking.mlflow_run import MlflowRun, resolve_tracking_uri
-from vitssl.tracking.spool import REJECTED_FILE, Spool
+from vitssl.tracking.spool import REJECTED_FILE, Spool, apply_call
 
 # MLflow's client otherwise retries an unreachable server for minutes (7 retries, 120 s timeout).
 BOUNDED_CLIENT = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
@@ -185,7 +185,7 @@ class BufferedRun:
     def _send(self, run_id: str | None, method: str, kwargs: dict) -> None:
         try:
             self.inner.run_id = run_id or self.run_id
-            getattr(self.inner, method)(**kwargs)
+            apply_call(self.inner, method, kwargs)
             if method == "log_artifact":
                 shutil.rmtree(Path(kwargs["path"]).parent, ignore_errors=True)  # our copy, sent
         except Exception as err:  # noqa: BLE001

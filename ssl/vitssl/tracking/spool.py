@@ -24,6 +24,14 @@ REJECTED_FILE = "rejected.jsonl"
 TERMINAL = "end"  # applied last, so a replayed run ends with its final status
 
 
+def apply_call(run, method: str, kwargs: dict[str, Any]) -> None:
+    """One recorded call on `run` (an `MlflowRun`, its `run_id` set)."""
+    if method == "log_artifact":  # a file, as MlflowRun.log_figure sends its PNG
+        run._client.log_artifact(run.run_id, kwargs["path"], kwargs["artifact_path"])
+    else:
+        getattr(run, method)(**kwargs)
+
+
 class Spool:
     def __init__(self, run_folder: Path):
         self.folder = Path(run_folder) / SPOOL_DIR
@@ -67,6 +75,7 @@ class Spool:
         ops = self.read()
         ops.sort(key=lambda op: op["method"] == TERMINAL)  # stable: keeps the order otherwise
         created: str | None = None
+        last: dict[tuple[str, str], int] = {}  # (run, metric) -> last step the server has
         for i, op in enumerate(ops):
             try:
                 if op["method"] == "start" and op["run_id"] is None:
@@ -75,7 +84,18 @@ class Spool:
                 run.run_id = op["run_id"] or created
                 if run.run_id is None:
                     raise RuntimeError(f"{self.ops_file}: a call for a run that was never started")
-                getattr(run, op["method"])(**op["kwargs"])
+                if op["method"] == "log_metrics":
+                    # A call cut off by the outage may have reached the server: never log a step twice.
+                    step, metrics = op["kwargs"]["step"], op["kwargs"]["metrics"]
+                    for key in metrics:
+                        if (run.run_id, key) not in last:
+                            last[run.run_id, key] = run.last_step((key,))
+                    fresh = {k: v for k, v in metrics.items() if step > last[run.run_id, k]}
+                    if fresh:
+                        run.log_metrics(fresh, step)
+                    last.update({(run.run_id, k): step for k in fresh})
+                    continue
+                apply_call(run, op["method"], op["kwargs"])
             except Exception:
                 rest = [dict(o, run_id=o["run_id"] or created) for o in ops[i:]]
                 with self._lock:
