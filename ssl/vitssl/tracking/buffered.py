@@ -23,15 +23,30 @@ from pathlib import Path
 from typing import Any
 
 from vitssl.tracking.mlflow_run import MlflowRun, resolve_tracking_uri
-from vitssl.tracking.spool import REJECTED_FILE, Spool, apply_call
+from vitssl.tracking.spool import REJECTED_FILE, Spool, apply_call, log_metric_steps
 
 # MLflow's client otherwise retries an unreachable server for minutes (7 retries, 120 s timeout).
 BOUNDED_CLIENT = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
                   "MLFLOW_HTTP_REQUEST_TIMEOUT": "5"}
 
 
+MAX_QUEUED_METRIC_CALLS = 200  # metric calls drained into one batch at most
+
+
 class TrackingUnavailable(Exception):
     """The tracking server could not be reached at start and tracking is required."""
+
+
+def _groups(items: list[tuple]) -> list[list[tuple]]:
+    """Consecutive metric calls of one run together; every other call alone."""
+    groups: list[list[tuple]] = []
+    for item in items:
+        last = groups[-1][-1] if groups else None
+        if last and item[1] == last[1] == "log_metrics" and item[0] == last[0]:
+            groups[-1].append(item)
+        else:
+            groups.append([item])
+    return groups
 
 
 def _reason(err: BaseException) -> str:
@@ -166,26 +181,38 @@ class BufferedRun:
         next_probe = 0.0
         while not self._closed:
             try:
-                item = self._queue.get(timeout=self.probe_every)
+                items = [self._queue.get(timeout=self.probe_every)]
             except queue.Empty:
-                item = None
+                items = []
+            while items and items[-1][1] == "log_metrics" and len(items) < MAX_QUEUED_METRIC_CALLS:
+                try:  # a backlog of metric calls (after a slow request) goes as one batch
+                    items.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
             with self._switch:
-                if self.offline and time.monotonic() >= next_probe and self._server_back():
-                    self.offline = False
-                next_probe = time.monotonic() + self.probe_every if self.offline else next_probe
-                if item is None:
-                    continue
-                run_id, method, kwargs = item
-                if self.offline:
-                    self.spool.append(run_id or self.run_id, method, kwargs)
-                else:
-                    self._send(run_id, method, kwargs)
-            self._queue.task_done()
+                if self.offline and time.monotonic() >= next_probe:
+                    if self._server_back():
+                        self.offline = False
+                    else:
+                        next_probe = time.monotonic() + self.probe_every
+                for group in _groups(items):
+                    if self.offline:
+                        for run_id, method, kwargs in group:
+                            self.spool.append(run_id or self.run_id, method, kwargs)
+                    else:
+                        self._send(group)
+            for _ in items:
+                self._queue.task_done()
 
-    def _send(self, run_id: str | None, method: str, kwargs: dict) -> None:
+    def _send(self, group: list[tuple]) -> None:
+        """One call, or consecutive metric calls of one run (sent as one batch)."""
+        run_id, method, kwargs = group[0]
         try:
             self.inner.run_id = run_id or self.run_id
-            apply_call(self.inner, method, kwargs)
+            if method == "log_metrics":
+                log_metric_steps(self.inner, [(kw["metrics"], kw["step"]) for _, _, kw in group])
+            else:
+                apply_call(self.inner, method, kwargs)
             if method == "log_artifact":
                 shutil.rmtree(Path(kwargs["path"]).parent, ignore_errors=True)  # our copy, sent
         except Exception as err:  # noqa: BLE001
@@ -197,7 +224,8 @@ class BufferedRun:
             print(f"warning: MLflow at {self.tracking_uri} unreachable ({_reason(err)}); training goes on, "
                   f"calls are kept in {self.spool.ops_file} until it is back", flush=True)
             self.offline = True
-            self.spool.append(run_id, method, kwargs)
+            for run_id_, method_, kwargs_ in group:
+                self.spool.append(run_id_ or self.run_id, method_, kwargs_)
 
     def _server_back(self) -> bool:
         """Reachable again? If so, the spool is replayed first (order kept)."""

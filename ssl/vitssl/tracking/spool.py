@@ -14,6 +14,7 @@ import json
 import shutil
 import sys
 import threading
+import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,17 @@ SPOOL_DIR = "mlflow-spool"
 OPS_FILE = "ops.jsonl"
 REJECTED_FILE = "rejected.jsonl"
 TERMINAL = "end"  # applied last, so a replayed run ends with its final status
+MAX_METRICS_PER_BATCH = 1000  # MLflow's limit for one log_batch
+
+
+def log_metric_steps(run, steps: list[tuple[dict[str, float], int]]) -> None:
+    """Metrics of many steps in as few requests as MLflow allows: a backlog drains quickly."""
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    metrics = [Metric(k, float(v), now, step) for values, step in steps for k, v in values.items()]
+    for i in range(0, len(metrics), MAX_METRICS_PER_BATCH):
+        run._client.log_batch(run.run_id, metrics=metrics[i:i + MAX_METRICS_PER_BATCH])
 
 
 def apply_call(run, method: str, kwargs: dict[str, Any]) -> None:
@@ -76,26 +88,36 @@ class Spool:
         ops.sort(key=lambda op: op["method"] == TERMINAL)  # stable: keeps the order otherwise
         created: str | None = None
         last: dict[tuple[str, str], int] = {}  # (run, metric) -> last step the server has
-        for i, op in enumerate(ops):
+        i = 0
+        while i < len(ops):
+            op = ops[i]
             try:
                 if op["method"] == "start" and op["run_id"] is None:
                     created = run.start(**op["kwargs"])
+                    i += 1
                     continue
                 run.run_id = op["run_id"] or created
                 if run.run_id is None:
                     raise RuntimeError(f"{self.ops_file}: a call for a run that was never started")
-                if op["method"] == "log_metrics":
-                    # A call cut off by the outage may have reached the server: never log a step twice.
-                    step, metrics = op["kwargs"]["step"], op["kwargs"]["metrics"]
+                if op["method"] != "log_metrics":
+                    apply_call(run, op["method"], op["kwargs"])
+                    i += 1
+                    continue
+                # A run of metric calls for one run goes as one batch. A call cut off by the outage
+                # may have reached the server: steps it already has are left out (never logged twice).
+                j, steps = i, []
+                while j < len(ops) and ops[j]["method"] == "log_metrics" and ops[j]["run_id"] == op["run_id"]:
+                    step, metrics = ops[j]["kwargs"]["step"], ops[j]["kwargs"]["metrics"]
                     for key in metrics:
                         if (run.run_id, key) not in last:
                             last[run.run_id, key] = run.last_step((key,))
                     fresh = {k: v for k, v in metrics.items() if step > last[run.run_id, k]}
-                    if fresh:
-                        run.log_metrics(fresh, step)
                     last.update({(run.run_id, k): step for k in fresh})
-                    continue
-                apply_call(run, op["method"], op["kwargs"])
+                    if fresh:
+                        steps.append((fresh, step))
+                    j += 1
+                log_metric_steps(run, steps)
+                i = j
             except Exception:
                 rest = [dict(o, run_id=o["run_id"] or created) for o in ops[i:]]
                 with self._lock:
