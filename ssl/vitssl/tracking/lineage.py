@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from vitssl.data.manifest import load_manifest, split_info
+from vitssl.tracking.mlflow_run import git_commit
 
 CONTEXT_TAG = "mlflow.data.context"
 DIGEST_CHARS = 16  # MLflow's dataset digest column holds 36 characters; the full sha256 goes in the profile
@@ -19,10 +20,15 @@ DIGEST_CHARS = 16  # MLflow's dataset digest column holds 36 characters; the ful
 
 def source_tags(extra: dict[str, str] | None = None) -> dict[str, str]:
     """MLflow's standard run tags (mlflow.user, mlflow.source.name/type, mlflow.source.git.commit/branch/
-    repoURL) from the entry script in sys.argv[0], exactly as `mlflow.start_run` would set them."""
+    repoURL), resolved from the entry script in sys.argv[0] as `mlflow.start_run` would; when that script
+    is not in a git checkout, the commit of the checkout vitssl is imported from."""
     from mlflow.tracking.context.registry import resolve_tags
+    from mlflow.utils.mlflow_tags import MLFLOW_GIT_COMMIT
 
-    return resolve_tags(extra or {})
+    tags = resolve_tags(extra or {})
+    if MLFLOW_GIT_COMMIT not in tags and (commit := git_commit()) != "unknown":
+        tags[MLFLOW_GIT_COMMIT] = commit
+    return tags
 
 
 def split_sha256(manifest: dict, split: str, shard_dir: str | Path) -> str:
