@@ -12,6 +12,7 @@ from pathlib import Path
 import mlflow
 import pytest
 import torch
+from mlflow.entities import LoggedModelStatus
 
 from vitssl.models import encoder_export, make_encoder
 from vitssl.tracking.encoder_model import log_encoder
@@ -35,6 +36,8 @@ def store(tmp_path_factory):
     client.set_registered_model_alias("lineage-encoder", "best", "1")
     empty = client.create_run(exp)
     client.log_text(empty.info.run_id, "not an encoder", "encoder/encoder.pt")
+    # The handoff must use the URI it is given: the process-wide one (set by log_encoder) now points elsewhere.
+    mlflow.set_tracking_uri(f"sqlite:///{root / 'not-this-store.db'}")
     return {"root": root, "uri": uri, "client": client, "export": export, "run_id": run.info.run_id,
             "logged": logged, "empty": empty.info.run_id}
 
@@ -54,15 +57,16 @@ def test_every_uri_form_downloads_the_exact_export(store):
         assert same_weights(got.export["state_dict"], s["export"]["state_dict"]), spec
         assert got.export["args"] == s["export"]["args"] and got.export["objective"] == "mae", spec
         assert (got.run_id, got.model_id, got.experiment) == (rid, s["logged"].model_id, "lineage"), spec
+    assert not (s["root"] / "not-this-store.db").exists()
 
 
 def test_the_logged_model_is_a_loadable_pytorch_model_of_the_encoder(store):
     s = store
     model = s["client"].get_logged_model(s["logged"].model_id)
-    assert (model.name, model.source_run_id, model.status.to_proto()) == ("encoder", s["run_id"], 2)  # READY
+    assert (model.name, model.source_run_id, model.status) == ("encoder", s["run_id"], LoggedModelStatus.READY)
     outputs = s["client"].get_run(s["run_id"]).outputs.model_outputs
     assert [(o.model_id, o.step) for o in outputs] == [(s["logged"].model_id, 3)]
-    loaded = mlflow.pytorch.load_model(s["logged"].model_uri)
+    loaded = mlflow.pytorch.load_model(model.artifact_location)  # the pt2 graph: no vitssl code needed
     encoder = make_encoder("vit", s["export"]["args"])
     encoder.load_state_dict(s["export"]["state_dict"])
     x = torch.randn(5, 1, 28, 28)

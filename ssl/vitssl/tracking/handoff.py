@@ -78,25 +78,36 @@ def _missing(err: BaseException) -> bool:
                                                  or "not found" in str(err).lower())
 
 
-def _identify(client, uri: str) -> tuple[str | None, str | None]:
-    """(pretraining run id, logged model id) that `uri` names; MLflow errors pass through."""
-    ref = uri[len("models:/"):] if uri.startswith("models:/") else None
-    if ref is None:
+def _locate(client, uri: str) -> tuple[str | None, str | None, str]:
+    """(pretraining run id, logged model id, artifact URI to download) for `uri`; MLflow errors pass through.
+
+    The download URI is the logged model's or the run's own artifact location, as the tracking store
+    reports it: MLflow's runs:/ and models:/ repositories look logged models up through the process-wide
+    tracking URI rather than the one they are given (MLflow 3.17), which would miss them and create a
+    stray mlflow.db in the working directory.
+    """
+    if uri.startswith("runs:/"):
         run_id, _, path = uri[len("runs:/"):].partition("/")
-        client.get_run(run_id)  # fails for an unknown run before any download
+        run = client.get_run(run_id)
+        name, _, rest = path.partition("/")
         model = next((m for m in client.search_logged_models(
-            experiment_ids=[client.get_run(run_id).info.experiment_id],
-            filter_string=f"name = '{path.split('/')[0]}'") if m.source_run_id == run_id), None)
-        return run_id, model.model_id if model else None
+            experiment_ids=[run.info.experiment_id], filter_string=f"name = '{name}'")
+            if m.source_run_id == run_id), None)
+        if model is None:
+            return run_id, None, f"{run.info.artifact_uri}/{path}"
+        return run_id, model.model_id, model.artifact_location + (f"/{rest}" if rest else "")
+    ref = uri[len("models:/"):]
     if "@" in ref or "/" in ref:
         name, alias = ref.split("@", 1) if "@" in ref else (ref, None)
         mv = (client.get_model_version_by_alias(name, alias) if alias is not None
               else client.get_model_version(*ref.split("/", 1)))
         # the SQL registry leaves model_id empty; the version's source is then models:/<model_id>
-        source_model = mv.source[len("models:/"):] if mv.source.startswith("models:/m-") else None
-        return mv.run_id, mv.model_id or source_model
+        model_id = mv.model_id or (mv.source[len("models:/"):] if mv.source.startswith("models:/m-") else None)
+        if model_id is None:
+            return mv.run_id, None, client.get_model_version_download_uri(mv.name, mv.version)
+        ref = model_id
     model = client.get_logged_model(ref)
-    return model.source_run_id, model.model_id
+    return model.source_run_id, model.model_id, model.artifact_location
 
 
 def _read_export(downloaded: Path, uri: str) -> dict:
@@ -122,7 +133,7 @@ def fetch_encoder(spec: str, tracking_uri: str) -> Handoff:
     uri = normalise(spec)
     client = mlflow.MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
     try:
-        run_id, model_id = _identify(client, uri)
+        run_id, model_id, location = _locate(client, uri)
         experiment = client.get_experiment(client.get_run(run_id).info.experiment_id).name if run_id else None
     except Exception as e:
         what = "does not exist" if _missing(e) else "could not be looked up"
@@ -130,8 +141,8 @@ def fetch_encoder(spec: str, tracking_uri: str) -> Handoff:
                            f"({_first_line(e)})") from None
     with tempfile.TemporaryDirectory(prefix="vitssl-pretrained-") as tmp:
         try:
-            local = mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=tmp, tracking_uri=tracking_uri,
-                                                       registry_uri=tracking_uri)
+            local = mlflow.artifacts.download_artifacts(artifact_uri=location, dst_path=tmp,
+                                                       tracking_uri=tracking_uri, registry_uri=tracking_uri)
         except Exception as e:
             reason = (f"has no such artifact (a finished vitssl pretraining run logs runs:/<run_id>/{MODEL_NAME})"
                       if _missing(e) else f"could not be downloaded from {tracking_uri}")

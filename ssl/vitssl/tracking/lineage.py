@@ -80,3 +80,14 @@ def accelerate_params(accelerator) -> dict[str, Any]:
     if plugin is not None:
         params["accelerate.deepspeed_zero_stage"] = plugin.zero_stage
     return params
+
+
+def log_run_lineage(tracking_uri: str, run_id: str, accelerator, shard_dir: str | Path, splits: dict[str, str]) -> None:
+    """A new run's accelerate environment (params) and shards (dataset inputs), from the main process."""
+    import mlflow
+    from mlflow.entities import Param
+
+    client = mlflow.MlflowClient(tracking_uri)
+    if accelerator is not None:  # frozen-feature evaluations run without one
+        client.log_batch(run_id, params=[Param(k, str(v)) for k, v in accelerate_params(accelerator).items()])
+    log_shard_inputs(client, run_id, shard_dir, splits)
