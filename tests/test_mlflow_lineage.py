@@ -111,7 +111,7 @@ def test_a_fine_tune_run_links_the_exact_logged_model_it_consumed(store):
     s = store
     handoff = fetch_encoder(f"runs:/{s['run_id']}", s["uri"])
     ft = s["client"].create_run(s["client"].get_run(s["run_id"]).info.experiment_id)
-    link_pretrained(s["client"], ft.info.run_id, handoff)
+    link_pretrained(s["uri"], ft.info.run_id, handoff)
     run = s["client"].get_run(ft.info.run_id)
     assert run.data.tags["vitssl.pretrained_uri"] == f"runs:/{s['run_id']}/encoder"
     assert run.data.tags["vitssl.pretrained_model_id"] == s["logged"].model_id

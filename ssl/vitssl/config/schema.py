@@ -96,6 +96,10 @@ class RunConfig(Section):
     tracking_uri: str | None = Field(None, description="None: $MLFLOW_TRACKING_URI or sqlite:///mlflow.db")
     parent_run_id: str | None = None
     tags: dict[str, str] = Field(default_factory=dict)
+    register_as: str | None = Field(None, description="pretraining: register the logged encoder as the next "
+                                                      "version of this Model Registry name")
+    system_metrics: bool = Field(False, description="log CPU, memory, disk, network (and GPU) usage as system/* "
+                                                    "metrics, sampled every 10 s by MLflow's monitor")
 
     def resolved_output_dir(self) -> str:
         return self.output_dir.format(name=self.name)

@@ -23,7 +23,9 @@ from vitssl.engine.builders import build_accelerator, build_optimizer
 from vitssl.engine.checkpoint import CONFIG_FILE, TRAINER_STATE, Checkpointer, latest_checkpoint
 from vitssl.engine.plan import TrainingPlan, make_training_plan
 from vitssl.engine.trainer import FitResult, Trainer, TrainerOptions
-from vitssl.tracking import MlflowRun, git_commit
+from vitssl.tracking import MlflowRun
+from vitssl.tracking.lineage import log_run_lineage, source_tags
+from vitssl.tracking.system_metrics import SystemMetrics
 
 
 def resume_folder(cfg, root: Path) -> Path | None:
@@ -40,7 +42,7 @@ def resume_folder(cfg, root: Path) -> Path | None:
 
 
 def common_tags(accelerator: Accelerator) -> dict[str, str]:
-    return {"git_commit": git_commit(), "world_size": str(accelerator.num_processes),
+    return {"world_size": str(accelerator.num_processes),
             "precision": str(accelerator.mixed_precision), "device": str(accelerator.device),
             "distributed_type": str(accelerator.distributed_type), "torch": torch.__version__,
             "command": " ".join(sys.argv)}
@@ -57,8 +59,11 @@ class RunSession:
         self.tags = tags | common_tags(self.accelerator)
         if cfg.run.parent_run_id and "mlflow.parentRunId" not in tags:
             self.tags["mlflow.parentRunId"] = cfg.run.parent_run_id
-        self.tags |= cfg.run.tags
+        self.tags = source_tags(self.tags | cfg.run.tags)  # + mlflow.user, mlflow.source.* (git commit)
         self.tracker = MlflowRun(self.accelerator.is_main_process, cfg.run.tracking_uri, experiment)
+        self.system_metrics = SystemMetrics(cfg.run.system_metrics and self.tracker.enabled,
+                                            self.tracker.tracking_uri)
+        self.on_new_run: Callable[[str], None] | None = None  # more lineage for a new run (main process)
         self.trainer: Trainer | None = None
         self.interrupted = False
 
@@ -74,6 +79,7 @@ class RunSession:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
+        self.system_metrics.stop()
         if exc_type is not None:
             self.tracker.end("FAILED")
             return
@@ -83,9 +89,15 @@ class RunSession:
     def start_tracking(self, params: dict, run_id: str | None = None) -> str | None:
         """Create (or reopen, on resume) the MLflow run; a new run gets the config as params and artifact."""
         run_id_now = self.tracker.start(self.run_name, self.tags, run_id=run_id)
-        if run_id is None and self.is_main:
+        if run_id is None and self.tracker.enabled:
             self.tracker.log_params(flatten(self.cfg.model_dump(mode="json")) | params)
             self.tracker.log_text(to_yaml(self.cfg), CONFIG_FILE)
+            data = self.cfg.data
+            log_run_lineage(self.tracker.tracking_uri, run_id_now, self.accelerator, data.shards,
+                            {"training": data.split, "evaluation": data.eval_split})
+            if self.on_new_run is not None:
+                self.on_new_run(run_id_now)
+        self.system_metrics.start(run_id_now, resumed=run_id is not None)
         return run_id_now
 
     def fit(self, model: torch.nn.Module, export: Callable[[torch.nn.Module], dict], describe: str,

@@ -151,10 +151,12 @@ def fetch_encoder(spec: str, tracking_uri: str) -> Handoff:
     return Handoff(uri, export, run_id, model_id, experiment)
 
 
-def link_pretrained(client, run_id: str, handoff: Handoff) -> None:
+def link_pretrained(tracking_uri: str, run_id: str, handoff: Handoff) -> None:
     """Record on a fine-tune run the exact encoder it consumed: the URI, and the logged model as a run input."""
+    import mlflow
     from mlflow.entities import LoggedModelInput
 
+    client = mlflow.MlflowClient(tracking_uri)
     client.set_tag(run_id, PRETRAINED_URI_TAG, handoff.uri)
     if handoff.model_id:
         client.set_tag(run_id, PRETRAINED_MODEL_TAG, handoff.model_id)

@@ -2,23 +2,27 @@
 MLflow's own monitor in a background thread of the main process and logged as `system/*` metrics."""
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 
+class SystemMetrics:
+    """Switched on by `run.system_metrics`; start once the run exists, stop when it ends."""
 
-@contextmanager
-def system_metrics(enabled: bool, run_id: str | None, tracking_uri: str, interval_s: float = 10.0,
-                   resumed: bool = False) -> Iterator[None]:
-    """Sample while the block runs; a resumed run continues its `system/*` step count."""
-    if not enabled or run_id is None:
-        yield
-        return
-    from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+    def __init__(self, enabled: bool, tracking_uri: str, interval_s: float = 10.0):
+        self.enabled = enabled
+        self.tracking_uri = tracking_uri
+        self.interval_s = interval_s
+        self._monitor = None
 
-    monitor = SystemMetricsMonitor(run_id, sampling_interval=interval_s, resume_logging=resumed,
-                                   tracking_uri=tracking_uri)
-    monitor.start()
-    try:
-        yield
-    finally:
-        monitor.finish()
+    def start(self, run_id: str | None, resumed: bool = False) -> None:
+        """A resumed run continues its `system/*` step count."""
+        if not self.enabled or run_id is None or self._monitor is not None:
+            return
+        from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+        self._monitor = SystemMetricsMonitor(run_id, sampling_interval=self.interval_s, resume_logging=resumed,
+                                             tracking_uri=self.tracking_uri)
+        self._monitor.start()
+
+    def stop(self) -> None:
+        if self._monitor is not None:
+            self._monitor.finish()
+            self._monitor = None
