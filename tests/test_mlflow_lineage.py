@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -14,12 +15,18 @@ import pytest
 import torch
 from mlflow.entities import LoggedModelStatus
 
+from vitssl.config import load_config
+from vitssl.config.finetune import FinetuneConfig
+from vitssl.engine.pretrained import PretrainedError, build_encoder, resolve_pretrained
 from vitssl.models import encoder_export, make_encoder
 from vitssl.tracking.encoder_model import log_encoder
 from vitssl.tracking.handoff import HandoffError, fetch_encoder, link_pretrained
 from vitssl.tracking.lineage import log_shard_inputs, source_tags
 
 ROOT = Path(__file__).resolve().parents[1]
+FINETUNE = ROOT / "configs/mnist012/finetune.yaml"
+sys.path.insert(0, str(ROOT / "launch"))
+import finetune as finetune_cli  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -144,3 +151,29 @@ def test_source_tags_are_mlflows_standard_ones_with_the_git_commit(store):
     assert "git_commit" not in tags and tags["vitssl.stage"] == "pretrain"
     if head:  # a source tarball has no git history
         assert tags["mlflow.source.git.commit"] == head
+
+
+def test_an_encoder_that_does_not_fit_the_fine_tune_config_is_one_error_naming_the_uri(store, mnist012, tmp_path):
+    s = store
+    spec = f"runs:/{s['run_id']}"
+    found = resolve_pretrained(spec, s["uri"])
+    base = [f"data.shards={mnist012}", f"finetune.pretrained={spec}", f"run.output_dir={tmp_path / 'out'}"]
+    for overrides, says in ((["data.image_size=32", "model.patch_size=8"], "takes 1x28x28 images, data gives 1x32x32"),
+                            (["model.arch=cnn"], "holds a vit encoder, the config asks for model.arch cnn")):
+        cfg = load_config(FinetuneConfig, FINETUNE, base + overrides)
+        with pytest.raises(PretrainedError) as err:
+            build_encoder(cfg, found)
+        assert f"runs:/{s['run_id']}/encoder" in str(err.value) and says in str(err.value), str(err.value)
+    assert not (tmp_path / "out").exists()
+
+
+def test_the_cli_reports_a_bad_handoff_in_one_line_and_writes_nothing(store, mnist012, tmp_path, capsys):
+    s = store
+    runs_before = len(s["client"].search_runs([s["client"].get_run(s["run_id"]).info.experiment_id]))
+    for spec in ("runs:/0123456789abcdef0123456789abcdef", "models:/lineage-encoder/9", f"runs:/{s['empty']}"):
+        code = finetune_cli.main(["--config", str(FINETUNE), f"data.shards={mnist012}", f"run.tracking_uri={s['uri']}",
+                                  f"run.output_dir={tmp_path / 'out'}", f"finetune.pretrained={spec}"])
+        err = capsys.readouterr().err.strip()
+        assert code == 2 and err.startswith(f"error: finetune.pretrained={spec!r}") and "\n" not in err, err
+    assert not (tmp_path / "out").exists()
+    assert len(s["client"].search_runs([s["client"].get_run(s["run_id"]).info.experiment_id])) == runs_before

@@ -154,7 +154,12 @@ def load_teacher(spec: str, tracking_uri: str | None) -> FrozenClassifier:
 def build_encoder(cfg: FinetuneConfig, pretrained: Pretrained) -> torch.nn.Module:
     if pretrained.scratch:
         return encoder_from_config(cfg.model, cfg.data)
-    encoder, _ = pretrained_encoder(pretrained)
+    encoder, export = pretrained_encoder(pretrained)
+    arch = export.get("arch", "vit")
+    if "arch" in cfg.model.model_fields_set and cfg.model.arch != arch:
+        raise PretrainedError(f"finetune.pretrained={cfg.finetune.pretrained!r}: {pretrained.source} holds a {arch} "
+                              f"encoder, the config asks for model.arch {cfg.model.arch} (drop model.arch: a "
+                              f"pretrained encoder is rebuilt from its own arguments)")
     a, d = encoder.args, cfg.data
     if (a.img_size, a.in_chans) != (d.image_size, d.channels):
         raise PretrainedError(f"the encoder in {pretrained.source} takes {a.in_chans}x{a.img_size}x{a.img_size} "

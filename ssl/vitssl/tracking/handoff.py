@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import re
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -67,7 +69,24 @@ def normalise(spec: str) -> str:
 
 def _first_line(err: BaseException) -> str:
     text = str(err).strip()
-    return text.splitlines()[0][:300] if text else type(err).__name__
+    return text.splitlines()[0][:200] if text else type(err).__name__
+
+
+@contextmanager
+def _no_progress_bar() -> Iterator[None]:
+    """MLflow draws a download progress bar on stderr: noise around a one-line error, and in every
+    process's log of a multi-process job."""
+    from mlflow.environment_variables import MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR as BAR
+
+    before = BAR.get_raw()
+    BAR.set(False)
+    try:
+        yield
+    finally:
+        if before is None:
+            BAR.unset()
+        else:
+            BAR.set(before)
 
 
 def _missing(err: BaseException) -> bool:
@@ -110,18 +129,18 @@ def _locate(client, uri: str) -> tuple[str | None, str | None, str]:
     return model.source_run_id, model.model_id, model.artifact_location
 
 
-def _read_export(downloaded: Path, uri: str) -> dict:
+def _read_export(downloaded: Path, spec: str, uri: str) -> dict:
     candidates = [downloaded] if downloaded.is_file() else [downloaded / EXPORT_FILE, downloaded / EXPORT_IN_MODEL]
     path = next((p for p in candidates if p.is_file()), None)
     if path is None:
-        raise HandoffError(f"finetune.pretrained: {uri} holds no {EXPORT_FILE} (not a vitssl encoder; a "
+        raise HandoffError(f"finetune.pretrained={spec!r}: {uri} holds no {EXPORT_FILE} (not a vitssl encoder; a "
                            f"pretraining run logs it as runs:/<run_id>/{MODEL_NAME})")
     try:
         export = torch.load(path, map_location="cpu", weights_only=True)
         if not {"args", "state_dict"} <= set(export):
             raise KeyError("args/state_dict")
     except Exception as e:  # unpickling or a missing key: either way not an export
-        raise HandoffError(f"finetune.pretrained: the {EXPORT_FILE} in {uri} is not a vitssl encoder export "
+        raise HandoffError(f"finetune.pretrained={spec!r}: the {EXPORT_FILE} in {uri} is not a vitssl encoder export "
                            f"({type(e).__name__}: {_first_line(e)})") from None
     return export
 
@@ -141,13 +160,14 @@ def fetch_encoder(spec: str, tracking_uri: str) -> Handoff:
                            f"({_first_line(e)})") from None
     with tempfile.TemporaryDirectory(prefix="vitssl-pretrained-") as tmp:
         try:
-            local = mlflow.artifacts.download_artifacts(artifact_uri=location, dst_path=tmp,
-                                                       tracking_uri=tracking_uri, registry_uri=tracking_uri)
+            with _no_progress_bar():
+                local = mlflow.artifacts.download_artifacts(artifact_uri=location, dst_path=tmp,
+                                                           tracking_uri=tracking_uri, registry_uri=tracking_uri)
         except Exception as e:
             reason = (f"has no such artifact (a finished vitssl pretraining run logs runs:/<run_id>/{MODEL_NAME})"
                       if _missing(e) else f"could not be downloaded from {tracking_uri}")
             raise HandoffError(f"finetune.pretrained={spec!r}: {uri} {reason} ({_first_line(e)})") from None
-        export = _read_export(Path(local), uri)
+        export = _read_export(Path(local), spec, uri)
     return Handoff(uri, export, run_id, model_id, experiment)
 
 
