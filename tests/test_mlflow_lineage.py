@@ -128,7 +128,7 @@ def test_a_fine_tune_run_links_the_exact_logged_model_it_consumed(store):
 def test_shards_are_dataset_inputs_with_the_manifest_digest(store, mnist012):
     s = store
     run_id = s["client"].create_run(s["client"].get_run(s["run_id"]).info.experiment_id).info.run_id
-    log_shard_inputs(s["client"], run_id, mnist012, {"training": "train", "evaluation": "test"})
+    log_shard_inputs(s["client"], run_id, mnist012, [("training", "train"), ("evaluation", "test")])
     manifest = json.loads((mnist012 / "manifest.json").read_text())
     inputs = s["client"].get_run(run_id).inputs.dataset_inputs
     by_context = {i.tags[0].value: i.dataset for i in inputs if i.tags[0].key == "mlflow.data.context"}

@@ -60,6 +60,7 @@ def run_finetune(cfg: FinetuneConfig) -> FinetuneResult:
         experiment = pretrained.experiment  # beside the pretraining run unless run.experiment says otherwise
     name = cfg.run.run_name or f"{cfg.run.name}-{pretrained.objective}-{ft.mode}-s{cfg.run.seed}"
     with RunSession(cfg, experiment, name, run_tags(cfg, pretrained)) as run:
+        run.inputs = [("training", cfg.data.split)] + [("evaluation", split) for split in ft.splits(cfg.data)]
         if pretrained.handoff is not None:  # the run records the exact logged model it consumed
             run.on_new_run = partial(link_pretrained, run.tracker.tracking_uri, handoff=pretrained.handoff)
         encoder = build_encoder(cfg, pretrained)

@@ -59,11 +59,15 @@ class RunSession:
         self.tags = tags | common_tags(self.accelerator)
         if cfg.run.parent_run_id and "mlflow.parentRunId" not in tags:
             self.tags["mlflow.parentRunId"] = cfg.run.parent_run_id
-        self.tags = source_tags(self.tags | cfg.run.tags)  # + mlflow.user, mlflow.source.* (git commit)
+        self.tags |= cfg.run.tags
+        if self.is_main:  # + mlflow.user, mlflow.source.* (git commit), as mlflow.start_run would set them
+            self.tags = source_tags(self.tags)
         self.tracker = MlflowRun(self.accelerator.is_main_process, cfg.run.tracking_uri, experiment)
         self.system_metrics = SystemMetrics(cfg.run.system_metrics and self.tracker.enabled,
                                             self.tracker.tracking_uri)
-        self.on_new_run: Callable[[str], None] | None = None  # more lineage for a new run (main process)
+        # a new run's dataset inputs, (context, split) pairs of cfg.data.shards, and more lineage to log
+        self.inputs = [("training", cfg.data.split), ("evaluation", cfg.data.eval_split)]
+        self.on_new_run: Callable[[str], None] | None = None
         self.trainer: Trainer | None = None
         self.interrupted = False
 
@@ -92,9 +96,8 @@ class RunSession:
         if run_id is None and self.tracker.enabled:
             self.tracker.log_params(flatten(self.cfg.model_dump(mode="json")) | params)
             self.tracker.log_text(to_yaml(self.cfg), CONFIG_FILE)
-            data = self.cfg.data
-            log_run_lineage(self.tracker.tracking_uri, run_id_now, self.accelerator, data.shards,
-                            {"training": data.split, "evaluation": data.eval_split})
+            log_run_lineage(self.tracker.tracking_uri, run_id_now, self.accelerator, self.cfg.data.shards,
+                            self.inputs)
             if self.on_new_run is not None:
                 self.on_new_run(run_id_now)
         self.system_metrics.start(run_id_now, resumed=run_id is not None)

@@ -58,14 +58,13 @@ def shard_dataset(shard_dir: str | Path, split: str):
     return Dataset(entity.name, entity.digest, entity.source_type, entity.source, profile=json.dumps(profile))
 
 
-def log_shard_inputs(client, run_id: str, shard_dir: str | Path, splits: dict[str, str]) -> None:
-    """Log each split used as a dataset input of the run; `splits` maps context ("training",
-    "evaluation") to split name. A split used in two contexts is logged once per context."""
+def log_shard_inputs(client, run_id: str, shard_dir: str | Path, inputs: list[tuple[str, str]]) -> None:
+    """Log each (context, split) pair, e.g. ("training", "train"), as a dataset input of the run."""
     from mlflow.entities import DatasetInput, InputTag
 
-    inputs = [DatasetInput(shard_dataset(shard_dir, split), [InputTag(CONTEXT_TAG, context)])
-              for context, split in splits.items()]
-    client.log_inputs(run_id, datasets=inputs)
+    datasets = [DatasetInput(shard_dataset(shard_dir, split), [InputTag(CONTEXT_TAG, context)])
+                for context, split in inputs]
+    client.log_inputs(run_id, datasets=datasets)
 
 
 def accelerate_params(accelerator) -> dict[str, Any]:
@@ -82,12 +81,12 @@ def accelerate_params(accelerator) -> dict[str, Any]:
     return params
 
 
-def log_run_lineage(tracking_uri: str, run_id: str, accelerator, shard_dir: str | Path, splits: dict[str, str]) -> None:
+def log_run_lineage(tracking_uri: str, run_id: str, accelerator, shard_dir: str | Path,
+                    inputs: list[tuple[str, str]]) -> None:
     """A new run's accelerate environment (params) and shards (dataset inputs), from the main process."""
     import mlflow
     from mlflow.entities import Param
 
     client = mlflow.MlflowClient(tracking_uri)
-    if accelerator is not None:  # frozen-feature evaluations run without one
-        client.log_batch(run_id, params=[Param(k, str(v)) for k, v in accelerate_params(accelerator).items()])
-    log_shard_inputs(client, run_id, shard_dir, splits)
+    client.log_batch(run_id, params=[Param(k, str(v)) for k, v in accelerate_params(accelerator).items()])
+    log_shard_inputs(client, run_id, shard_dir, inputs)
