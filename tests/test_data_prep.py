@@ -238,6 +238,7 @@ def test_embedded_too_many_per_class(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow
 def test_cli_error_exits_2_without_traceback(tmp_path):
     out = tmp_path / "out"
     proc = subprocess.run([sys.executable, "-m", "data_prep", "mnist", "--source", f"idx:{tmp_path}",
@@ -358,6 +359,7 @@ def test_fashion_mnist_full_size(tmp_path):
         assert f.read(4) == (2049).to_bytes(4, "big")
 
 
+@pytest.mark.slow
 def test_import_ssl_is_the_standard_library():
     code = "import ssl, vitssl.data; assert hasattr(ssl, 'SSLContext'), ssl.__file__; print(ssl.__file__)"
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)

@@ -11,6 +11,7 @@ import yaml
 DOCKER = Path(__file__).resolve().parents[1] / "docker"
 
 
+@pytest.mark.slow
 def test_dockerfile_passes_hadolint():
     beside_python = Path(sys.executable).with_name("hadolint")
     hadolint = str(beside_python) if beside_python.exists() else shutil.which("hadolint")
@@ -20,6 +21,7 @@ def test_dockerfile_passes_hadolint():
     assert out.returncode == 0, out.stdout + out.stderr
 
 
+@pytest.mark.slow
 def test_compose_file_is_valid():
     compose = shutil.which("docker-compose")
     if compose is None:
