@@ -80,7 +80,7 @@ def _remote_manifest(base: str) -> dict:
             from None
 
 
-def _split_of(url: str) -> str | None:
+def split_of(url: str) -> str | None:
     match = re.search(r"(?:^|[/\s:])([A-Za-z0-9_]+)-\d+\.tar(?:\s|$)", url)
     return match.group(1) if match else None
 
@@ -103,9 +103,9 @@ def split_shards(spec: str | Path, split: str, check_sha: bool = True) -> list[S
     spec = str(spec)
     if is_url_list(spec):
         urls = expand(spec)
-        chosen = [u for u in urls if _split_of(u) == split]
+        chosen = [u for u in urls if split_of(u) == split]
         if not chosen:
-            found = sorted({s for s in map(_split_of, urls) if s})
+            found = sorted({s for s in map(split_of, urls) if s})
             raise DataError(f"none of the {len(urls)} shard URLs in {spec!r} is named {split}-NNNNNN.tar "
                             f"(splits found: {found or 'none'}): name the shards <split>-NNNNNN.tar or write a "
                             f"manifest with `python -m data_prep index`")

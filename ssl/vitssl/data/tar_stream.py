@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import subprocess
 import tarfile
 from typing import BinaryIO, Callable, Iterator
 
@@ -56,14 +57,25 @@ def open_url(url: str) -> BinaryIO:
         raise DataError(f"cannot open {url}: {err}") from None
 
 
-def explain(url: str, err: BaseException) -> str:
-    """What went wrong reading ``url``, in words: curl's or the command's exit status, or the error."""
-    status = re.search(r"exit (-?\d+) \(read\)", str(err))
+def _exit_status(stream: BinaryIO | None) -> int | None:
+    """The exit status of curl or a ``pipe:`` command behind ``stream`` once its output ended."""
+    if not isinstance(stream, Pipe):
+        return None
+    try:
+        return stream.proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        return None
+
+
+def explain(url: str, err: BaseException, stream: BinaryIO | None = None) -> str:
+    """What went wrong reading ``url``, in words: curl's or the command's exit status (a failed command
+    also truncates the tar stream: its status is the cause worth reporting), else the error."""
+    found = re.search(r"exit (-?\d+) \(read\)", str(err))
+    status = int(found.group(1)) if found else _exit_status(stream)
     if status and _is_http(url):
-        code = int(status.group(1))
-        return f"curl exit {code}: {_CURL_EXIT.get(code, 'see curl(1) EXIT CODES')}"
+        return f"curl exit {status}: {_CURL_EXIT.get(status, 'see curl(1) EXIT CODES')}"
     if status:
-        return f"the command exited with status {status.group(1)}"
+        return f"the command exited with status {status}"
     if isinstance(err, (tarfile.TarError, EOFError)):
         return f"not a complete tar stream ({str(err).split(' @ ')[0]})"
     return f"{type(err).__name__}: {err}"
@@ -89,17 +101,22 @@ class _Counting:
     """A read-only stream that hashes and counts the bytes passing through."""
 
     def __init__(self, stream: BinaryIO):
-        self.stream, self.sha, self.bytes = stream, hashlib.sha256(), 0
+        self.stream, self.sha, self.bytes, self.tail = stream, hashlib.sha256(), 0, b""
 
     def read(self, n: int = -1) -> bytes:
         data = self.stream.read(n)
         self.sha.update(data)
         self.bytes += len(data)
+        self.tail = (self.tail + data)[-512:]
         return data
 
     def drain(self) -> None:
+        """Reads to the end; a stream cut at a member boundary passes tarfile unnoticed, so check that it
+        ends the way every tar writer ends it: whole 512-byte blocks, the last one zeros."""
         while self.read(1 << 16):
             pass
+        if self.bytes % 512 or self.tail != bytes(512):
+            raise tarfile.ReadError(f"cut off after {self.bytes} bytes")
 
 
 def _remote_members(stream: _Counting) -> Members:
@@ -128,7 +145,9 @@ def _local_members(f: BinaryIO) -> Members:
     """Regular members of a local tar. Reads the headers only; a member's data is read if its reader
     is called before the next member is asked for, else seeked over."""
     long_name, pax = None, {}
-    while len(header := f.read(512)) == 512 and header[0]:  # a zero block ends the archive
+    while (header := f.read(512))[:1] not in (b"", b"\0"):  # a zero block ends the archive
+        if len(header) != 512:
+            break
         kind = header[156:157]
         size = int(pax[b"size"]) if b"size" in pax else _octal(header[124:136])
         padded = -(-size // 512) * 512
@@ -142,8 +161,17 @@ def _local_members(f: BinaryIO) -> Members:
         long_name, pax = None, {}
         start = f.tell()
         if kind in (b"0", b"\0", b"7"):  # regular files; global PAX ('g'), links, directories skipped
-            yield name.decode("utf-8", "replace"), (lambda n=size: f.read(n))
+            yield name.decode("utf-8", "replace"), (lambda n=size: _read_exactly(f, n))
         f.seek(start + padded)
+    if len(header) != 512:
+        raise tarfile.ReadError(f"cut off after {f.tell()} bytes")
+
+
+def _read_exactly(f: BinaryIO, n: int) -> bytes:
+    data = f.read(n)
+    if len(data) != n:
+        raise tarfile.ReadError(f"cut off after {f.tell()} bytes")
+    return data
 
 
 def _samples(members: Members, want: Callable[[int], bool]) -> Iterator[tuple[int, dict | None]]:
@@ -200,7 +228,7 @@ def read_shard(shard: Shard, want: Callable[[int], bool] = lambda i: True, stop:
     except (OSError, tarfile.TarError, EOFError, ValueError) as err:
         if isinstance(err, DataError):
             raise
-        raise DataError(f"shard {shard.url}: {explain(shard.url, err)}") from None
+        raise DataError(f"shard {shard.url}: {explain(shard.url, err, stream)}") from None
     finally:
         if stream is not None and not finished:
             set_options(stream, ignore_errors=True)  # stopping early makes curl / the command fail: expected
@@ -241,9 +269,13 @@ def scan_shard(url: str) -> tuple[int, int, str]:
             count = sum(1 for _ in _samples(_remote_members(counting), lambda i: False))
             counting.drain()
         finally:
+            set_options(stream, ignore_errors=True)  # the status is checked below, with the tar's errors
             stream.close()
+        status = _exit_status(stream)
+        if status:
+            raise OSError(f"exit {status} (read)")
         return count, counting.bytes, counting.sha.hexdigest()
     except (OSError, tarfile.TarError, EOFError, ValueError) as err:
         if isinstance(err, DataError):
             raise
-        raise DataError(f"shard {url}: {explain(url, err)}") from None
+        raise DataError(f"shard {url}: {explain(url, err, stream if path is None else None)}") from None
