@@ -24,8 +24,8 @@ from torchvision.io import ImageReadMode, decode_image
 
 from vitssl.data.epoch_plan import EpochPlan
 from vitssl.data.manifest import DataError
-from vitssl.data.sources import split_shards
-from vitssl.data.tar_stream import read_shard
+from vitssl.data.sources import local_path, split_shards
+from vitssl.data.tar_stream import read_shard, sample_offsets
 
 Transform = Callable[[dict], dict]
 IMAGE_EXTS = ("png", "jpg", "jpeg", "webp")
@@ -85,7 +85,7 @@ def _stream_inputs(plan: EpochPlan, c: int, wanted: set[int], verify: bool) -> I
     base = 0
     for k, first, stop in plan.segments(c):
         shard, shift = plan.shards[k], base - first
-        for i, raw in read_shard(shard, lambda i, f=first, s=shift: i >= f and s + i in wanted, stop, verify):
+        for i, raw in read_shard(shard, lambda i, s=shift: s + i in wanted, stop, verify, start=first):
             raw["__index__"] = plan.first_index[k] + i
             yield shift + i, raw
         base += stop - first
@@ -183,6 +183,9 @@ class TrainLoader:
                              f"within the epoch's {self.steps_per_epoch * global_batch} samples")
         self.batch_size, self.grad_accum, self.num_workers = batch_size, grad_accum, num_workers
         self.steps_done = skip_samples // global_batch
+        for shard in self.plan.shards:  # before workers fork, so they inherit the cached offsets
+            if shard.local:
+                sample_offsets(local_path(shard.url))
         self._dataset = _RankSamples(self.plan, rank, world_size, self.steps_done, max(num_workers, 1), transform,
                                      check_sha)
 

@@ -40,6 +40,8 @@ _CURL_EXIT = {6: "could not resolve the host", 7: "could not connect", 18: "the 
               35: "TLS handshake failed", 52: "the server sent nothing", 56: "the connection broke"}
 
 Members = Iterator[tuple[str, Callable[[], bytes]]]  # (member name, read its data) in tar order
+# Byte offset of every sample of a local shard, per (path, size, mtime): lets a reader start mid-shard.
+_OFFSETS: dict[tuple[str, int, int], list[int]] = {}
 
 
 def _is_http(url: str) -> bool:
@@ -141,10 +143,11 @@ def _octal(field: bytes) -> int:
     return int(field.split(b"\0", 1)[0].strip() or b"0", 8)
 
 
-def _local_members(f: BinaryIO) -> Members:
+def _local_members(f: BinaryIO, starts: list[int] | None = None) -> Members:
     """Regular members of a local tar. Reads the headers only; a member's data is read if its reader
-    is called before the next member is asked for, else seeked over."""
-    long_name, pax = None, {}
+    is called before the next member is asked for, else seeked over. ``starts`` collects the offset
+    of each member's first header block."""
+    long_name, pax, first = None, {}, f.tell()
     while (header := f.read(512))[:1] not in (b"", b"\0"):  # a zero block ends the archive
         if len(header) != 512:
             break
@@ -161,8 +164,11 @@ def _local_members(f: BinaryIO) -> Members:
         long_name, pax = None, {}
         start = f.tell()
         if kind in (b"0", b"\0", b"7"):  # regular files; global PAX ('g'), links, directories skipped
+            if starts is not None:
+                starts.append(first)
             yield name.decode("utf-8", "replace"), (lambda n=size: _read_exactly(f, n))
         f.seek(start + padded)
+        first = f.tell()
     if len(header) != 512:
         raise tarfile.ReadError(f"cut off after {f.tell()} bytes")
 
@@ -174,15 +180,39 @@ def _read_exactly(f: BinaryIO, n: int) -> bytes:
     return data
 
 
-def _samples(members: Members, want: Callable[[int], bool]) -> Iterator[tuple[int, dict | None]]:
-    """``(i, {"__key__", ext: bytes})`` for sample ``i`` if ``want(i)``, else ``(i, None)``. Keys and
-    extensions as webdataset splits them (``base_plus_ext``); ``.json`` metadata and ``__*__`` members
-    are not kept."""
-    i, key, sample = -1, None, None
+def _sample_key(name: str) -> str | None:
+    """The webdataset key of a member (``base_plus_ext``), None for members that belong to no sample."""
+    key, _ = base_plus_ext(name)
+    return None if key is None or name.rsplit("/", 1)[-1].startswith("__") else key
+
+
+def sample_offsets(path: str) -> list[int]:
+    """Byte offset of each sample's first header in a local shard (one pass over the headers, cached)."""
+    stat = os.stat(path)
+    cache_key = (os.path.abspath(path), stat.st_size, stat.st_mtime_ns)
+    if cache_key not in _OFFSETS:
+        starts: list[int] = []
+        offsets, key = [], None
+        with open(path, "rb") as f:
+            for name, _ in _local_members(f, starts):
+                member_key = _sample_key(name)
+                if member_key is not None and member_key != key:
+                    offsets.append(starts[-1])
+                    key = member_key
+        _OFFSETS[cache_key] = offsets
+    return _OFFSETS[cache_key]
+
+
+def _samples(members: Members, want: Callable[[int], bool], first: int = 0) -> Iterator[tuple[int, dict | None]]:
+    """``(i, {"__key__", ext: bytes})`` for sample ``i`` (counted from ``first``) if ``want(i)``, else
+    ``(i, None)``. Keys and extensions as webdataset splits them (``base_plus_ext``); ``.json`` metadata
+    and ``__*__`` members are not kept."""
+    i, key, sample = first - 1, None, None
     for name, read in members:
-        member_key, ext = base_plus_ext(name)
-        if member_key is None or name.rsplit("/", 1)[-1].startswith("__"):
+        member_key = _sample_key(name)
+        if member_key is None:
             continue
+        ext = base_plus_ext(name)[1]
         if member_key != key:
             if key is not None:
                 yield i, sample
@@ -195,8 +225,9 @@ def _samples(members: Members, want: Callable[[int], bool]) -> Iterator[tuple[in
 
 
 def read_shard(shard: Shard, want: Callable[[int], bool] = lambda i: True, stop: int | None = None,
-               verify: bool = True) -> Iterator[tuple[int, dict]]:
-    """``(i, raw sample)`` for the samples of ``shard`` with ``i < stop`` (default: all) and ``want(i)``.
+               verify: bool = True, start: int = 0) -> Iterator[tuple[int, dict]]:
+    """``(i, raw sample)`` for the samples of ``shard`` with ``start <= i < stop`` (default: all) and
+    ``want(i)``. A local shard is entered at sample ``start``; a remote one is read from its beginning.
 
     One DataError naming the URL when the source cannot be opened, fails, ends before ``stop``, or
     holds more samples than ``shard.count``; a remote shard read to its end (``stop`` = count) is
@@ -207,14 +238,18 @@ def read_shard(shard: Shard, want: Callable[[int], bool] = lambda i: True, stop:
     stream: BinaryIO | None = None
     finished, n = False, 0
     try:
+        first = 0
         if path is not None:
             stream = open(path, "rb")
+            if start:
+                first = start
+                stream.seek(sample_offsets(path)[start])
             members = _local_members(stream)
         else:
             stream = open_url(shard.url)
             counting = _Counting(stream)
             members = _remote_members(counting)
-        for i, sample in _samples(members, lambda i: i < stop and want(i)):
+        for i, sample in _samples(members, lambda i: start <= i < stop and want(i), first):
             n = i + 1
             if i >= stop:
                 break
