@@ -37,8 +37,7 @@ from PIL import Image
 
 from data_prep.cli import run
 from data_prep.writer import Sample, SplitSource, write_dataset
-from vitssl.data import make_train_loader, split_shards
-from vitssl.data import tar_stream
+from vitssl.data import make_train_loader, split_shards, tar_stream
 
 from common import interleaved, machine, write_section
 

@@ -8,8 +8,8 @@ import sys
 from pathlib import Path
 
 from data_prep import mnist, tiny_imagenet
-from data_prep.index import index, index_summary
 from data_prep.errors import DataPrepError
+from data_prep.index import index, index_summary
 from data_prep.writer import read_manifest, summary, write_dataset
 
 

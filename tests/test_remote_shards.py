@@ -9,17 +9,16 @@ import shutil
 import subprocess
 import tarfile
 
-import numpy as np
 import pytest
 import torch
 import webdataset as wds
+from http_shards import http_server
 
 from data_prep.cli import run as data_prep
 from data_prep.errors import DataPrepError
 from vitssl.data import DataError, load_split_tensors, make_eval_loader, make_train_loader, split_shards
 
 from fixtures import make_mnist_shards
-from http_shards import http_server
 from launching import free_port
 
 TRAIN = [f"train-{i:06d}.tar" for i in range(3)]
