@@ -3,12 +3,12 @@
 with 2 processes, and an elastic resume (2 processes x 8 -> 1 process x 16)."""
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 import torch
 from http_shards import http_server
@@ -77,7 +77,9 @@ def test_elastic_resume_two_processes_to_one_at_double_batch(mnist012, tmp_path)
     while not (out_dir / "checkpoint-00000010").exists():  # epoch 0 of 2 (18 steps per epoch)
         assert proc.poll() is None and time.time() < deadline, proc.stdout.read()
         time.sleep(0.02)
-    os.killpg(proc.pid, signal.SIGKILL)
+    # torchrun's workers run in sessions of their own: kill the launcher's whole process tree
+    for child in [*psutil.Process(proc.pid).children(recursive=True), psutil.Process(proc.pid)]:
+        child.send_signal(signal.SIGKILL)
     proc.communicate(timeout=120)
     assert not (out_dir / Path(full_ckpt).name).exists(), "the run ended before the cut"
 
