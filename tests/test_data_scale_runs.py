@@ -87,6 +87,7 @@ def test_elastic_resume_two_processes_to_one_at_double_batch(mnist012, tmp_path)
     assert "resumed from" in resumed.stdout
     assert Path(last_lines(resumed)["checkpoint"]).name == Path(full_ckpt).name
     a, b = encoder_weights(full_ckpt), encoder_weights(last_lines(resumed)["checkpoint"])
+    print(f"elastic resume: max |full - resumed| weight difference {max((a[k] - b[k]).abs().max() for k in a):.2e}")
     for k in a:
         torch.testing.assert_close(a[k], b[k], atol=1e-5, rtol=1e-5)
     mlc = client(tmp_path)

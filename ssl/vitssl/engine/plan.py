@@ -82,7 +82,8 @@ def make_training_plan(cfg, accelerator: Accelerator, transform) -> TrainingPlan
             skip_samples=steps_done * global_batch, streams=cfg.data.streams, check_sha=cfg.data.check_sha)
 
     first = make_loader(0, 0)  # the same steps on every process and in every epoch (vitssl.data.epoch_plan)
-    steps_per_epoch, batches = first.steps_per_epoch, len(first)
+    steps_per_epoch = first.steps_per_epoch
+    batches = steps_per_epoch * cfg.run.grad_accum
     schedule = Schedule(cfg.run.epochs, steps_per_epoch, cfg.run.grad_accum,
                         warmup_steps=math.ceil(cfg.optim.warmup_epochs * steps_per_epoch), peak_lr=peak_lr,
                         min_lr=cfg.optim.min_lr, max_steps=cfg.run.max_steps)
