@@ -1,6 +1,8 @@
-"""The exact-once epoch over a grid of shard layouts x world sizes 1/2/3 x workers 0/1/2 (ranks read
-in one process: the split is a pure function of the rank, the real-process runs are in
-test_data_scale_runs.py). With workers the cases start DataLoader processes: marked slow.
+"""The exact-once epoch over a grid of shard layouts x world sizes 1/2/3 x workers 0/1/2, 3 epochs each.
+
+The ranks are read one after another in this process (a rank's share is a pure function of its rank;
+test_data_scale_runs.py trains with real processes). Cases with workers start DataLoader processes
+and are marked slow. Asserted in every case:
 
 - within an epoch no sample is yielded twice across ranks and workers;
 - at most global_batch - 1 samples are left out, and which ones changes between epochs;

@@ -16,20 +16,20 @@ N_TRAIN = 96  # 3 classes x 32; divisible by the global batch 2 ranks x 8
 
 @pytest.fixture(scope="module")
 def many_shards(tmp_path_factory):
-    """8 train shards of 12: enough for a shard-level split over 2 ranks x 2 workers."""
+    """8 train shards of 12: each stream covers one or two shards."""
     return make_mnist_shards(tmp_path_factory.mktemp("many"), "--train-per-class", "32", "--test-per-class", "7",
                              "--shard-max-count", "12")
 
 
 @pytest.fixture(scope="module")
 def one_shard(tmp_path_factory):
-    """A single train shard: forces the sample-level split."""
+    """A single train shard: every stream is a range of it."""
     return make_mnist_shards(tmp_path_factory.mktemp("one"), "--train-per-class", "32", "--test-per-class", "7")
 
 
 @pytest.fixture(scope="module")
 def uneven_shards(tmp_path_factory):
-    """90 train samples in shards of 12 and one of 6: workers run dry at different times."""
+    """90 train samples in shards of 12 and one of 6: a global batch does not divide them."""
     return make_mnist_shards(tmp_path_factory.mktemp("uneven"), "--train-per-class", "30", "--test-per-class", "5",
                              "--shard-max-count", "12")
 

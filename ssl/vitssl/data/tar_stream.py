@@ -242,8 +242,11 @@ def read_shard(shard: Shard, want: Callable[[int], bool] = lambda i: True, stop:
         if path is not None:
             stream = open(path, "rb")
             if start:
+                offsets = sample_offsets(path)
+                if start >= len(offsets):
+                    raise DataError(_ended(shard, len(offsets)))
                 first = start
-                stream.seek(sample_offsets(path)[start])
+                stream.seek(offsets[start])
             members = _local_members(stream)
         else:
             stream = open_url(shard.url)
@@ -269,13 +272,17 @@ def read_shard(shard: Shard, want: Callable[[int], bool] = lambda i: True, stop:
             set_options(stream, ignore_errors=True)  # stopping early makes curl / the command fail: expected
             stream.close()
     if n < stop:
-        raise DataError(f"shard {shard.url} ended at sample {n} of the {shard.count} in its manifest: re-run "
-                        f"data_prep (or python -m data_prep index) for it")
+        raise DataError(_ended(shard, n))
     if finished and n > shard.count:
         raise DataError(f"shard {shard.url} holds {n} samples, its manifest says {shard.count}: re-run data_prep "
                         f"(or python -m data_prep index) for it")
     if finished and path is None and verify:
         _check_bytes(shard, counting)
+
+
+def _ended(shard: Shard, n: int) -> str:
+    return (f"shard {shard.url} ended at sample {n} of the {shard.count} in its manifest: re-run data_prep "
+            f"(or python -m data_prep index) for it")
 
 
 def _check_bytes(shard: Shard, counting: _Counting) -> None:
