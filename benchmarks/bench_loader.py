@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import io
 import os
-import shutil
 import tempfile
 import threading
 from functools import partial
@@ -80,16 +79,17 @@ def write_tiny_standin(out: Path, train: int, classes: int = 200) -> None:
                   shard_max_bytes=256 * 1024**2)
 
 
-def loader_epoch(shards: str, batch_size: int, workers: int, epoch: int = 0, rank: int = 0, world: int = 1) -> int:
+def loader_epoch(shards: str, batch_size: int, workers: int, rank: int = 0, world: int = 1,
+                 streams: int | None = None) -> int:
     loader = make_train_loader(shards, batch_size=batch_size, rank=rank, world_size=world, num_workers=workers,
-                               epoch=epoch)
+                               streams=streams)
     return sum(len(batch["image"]) for batch in loader)
 
 
-def generic_tar_epoch(shards: str, batch_size: int, workers: int) -> int:
-    # Every shard through webdataset's tar iterator instead of the local fast path.
+def generic_tar_epoch(shards: str, batch_size: int, workers: int, streams: int) -> int:
+    # Every shard through webdataset's tar iterator (read from its start) instead of the local fast path.
     with mock.patch.object(tar_stream, "local_path", lambda url: None):
-        return loader_epoch(shards, batch_size, workers)
+        return loader_epoch(shards, batch_size, workers, streams=streams)
 
 
 def plain_webdataset_epoch(urls: list[str], batch_size: int, workers: int) -> int:
@@ -102,7 +102,7 @@ def plain_webdataset_epoch(urls: list[str], batch_size: int, workers: int) -> in
 def bytes_fetched(base_url: str, batch_size: int) -> int:
     CountingHandler.sent = 0
     for rank in range(2):
-        loader_epoch(base_url, batch_size // 2, workers=2, rank=rank, world=2)
+        loader_epoch(base_url, batch_size // 2, 2, rank=rank, world=2)
     return CountingHandler.sent
 
 
@@ -111,11 +111,14 @@ def bench(name: str, folder: Path, base_url: str, args) -> list[str]:
     data_bytes = sum(s.bytes for s in shards)
     urls = [s.url for s in shards]
     b = args.batch_size
+    remote_streams = make_train_loader(base_url, batch_size=b, rank=0, world_size=1).plan.streams
     cases = {
         "make_train_loader, local folder, 0 workers": partial(loader_epoch, str(folder), b, 0),
         "make_train_loader, local folder, 2 workers": partial(loader_epoch, str(folder), b, 2),
-        "make_train_loader, local files via webdataset's tar iterator, 0 workers":
-            partial(generic_tar_epoch, str(folder), b, 0),
+        f"make_train_loader, local folder, 0 workers, {remote_streams} streams as for remote shards":
+            partial(loader_epoch, str(folder), b, 0, streams=remote_streams),
+        f"make_train_loader, local files via webdataset's tar iterator, 0 workers, {remote_streams} streams":
+            partial(generic_tar_epoch, str(folder), b, 0, remote_streams),
         "make_train_loader, HTTP 127.0.0.1, 0 workers": partial(loader_epoch, base_url, b, 0),
         "make_train_loader, HTTP 127.0.0.1, 2 workers": partial(loader_epoch, base_url, b, 2),
         "plain WebDataset(urls).decode(), local, 0 workers": partial(plain_webdataset_epoch, urls, b, 0),
@@ -144,7 +147,6 @@ def main() -> None:
         root = Path(tmp)
         run(["mnist", "--out", str(root / "mnist"), "--digits", "0-9", "--train-per-class", "400",
              "--test-per-class", "1", "--shard-max-count", "1000"])
-        shutil.rmtree(root / "mnist" / ".tmp", ignore_errors=True)
         write_tiny_standin(root / "tiny", train=4000)
         server = ThreadingHTTPServer(("127.0.0.1", 0), partial(CountingHandler, directory=str(root)))
         threading.Thread(target=server.serve_forever, daemon=True).start()
