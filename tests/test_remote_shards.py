@@ -180,9 +180,11 @@ def test_remote_shard_that_differs_from_the_manifest(m3x100, tmp_path, field, me
     manifest["splits"]["train"]["shards"][2][field] = "0" * 64 if field == "sha256" else 1
     (folder / "manifest.json").write_text(json.dumps(manifest))
     with http_server(tmp_path) as url:
-        loader = make_train_loader(f"{url}/d", batch_size=8, rank=0, world_size=1)
-        with pytest.raises(DataError, match=f"train-000002.tar {message}"):
-            list(loader)
+        for workers in (0, 2):
+            loader = make_train_loader(f"{url}/d", batch_size=8, rank=0, world_size=1, num_workers=workers)
+            with pytest.raises(DataError, match=f"train-000002.tar {message}") as err:
+                list(loader)
+            assert "\n" not in str(err.value)  # one line, also from a DataLoader worker
         assert len(list(make_train_loader(f"{url}/d", batch_size=8, rank=0, world_size=1, check_sha=False))) == 37
 
 

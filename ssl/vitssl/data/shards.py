@@ -133,13 +133,20 @@ class _RankSamples(IterableDataset):
         streams = [_stream_samples(plan, c, piece, self.first_step, self.verify)
                    for c, piece in self.pieces[worker:: self.workers]]
         chunk = []
-        for position, raw in heapq.merge(*streams, key=lambda item: item[0]):
-            k, q = divmod(position, plan.global_batch)
-            sample = _apply(self.transform, decode_sample(raw), plan.seed, plan.epoch)
-            chunk.append((k * share + q - self.places.start, _to_numpy(sample) if info is not None else sample))
-            if len(chunk) == self.chunk:
-                yield chunk
-                chunk = []
+        try:
+            for position, raw in heapq.merge(*streams, key=lambda item: item[0]):
+                k, q = divmod(position, plan.global_batch)
+                sample = _apply(self.transform, decode_sample(raw), plan.seed, plan.epoch)
+                chunk.append((k * share + q - self.places.start, _to_numpy(sample) if info is not None else sample))
+                if len(chunk) == self.chunk:
+                    yield chunk
+                    chunk = []
+        except DataError as err:
+            if info is None:
+                raise
+            # as an item, not raised: the DataLoader would wrap the one-line message in the worker's traceback
+            yield [(None, str(err))]
+            return
         if chunk:
             yield chunk
 
@@ -149,6 +156,8 @@ def _in_order(chunks: Iterator[list[tuple[int, dict]]], start: int, stop: int) -
     expected, tie = start, itertools.count()
     for chunk in chunks:
         for pos, sample in chunk:
+            if pos is None:  # a worker's DataError
+                raise DataError(sample)
             heapq.heappush(heap, (pos, next(tie), sample))
         while heap and heap[0][0] == expected:
             yield heapq.heappop(heap)[2]
