@@ -25,6 +25,8 @@ class DataConfig(Section):
     shuffle: bool = True
     shuffle_buffer: int = Field(1000, ge=0)
     check_sha: bool = True
+    streams: int | None = Field(None, ge=1, description="the epoch's canonical partition (divides the global "
+                                "batch; keep it fixed to resume on another world size); None: automatic")
 
 
 class ModelConfig(Section):
