@@ -35,13 +35,13 @@ ZERO2 = ROOT / "configs/accelerate/deepspeed_zero2.yaml"
 STEPS = 30
 COMMON = ["data.batch_size=8", f"run.max_steps={STEPS}", "run.log_every=1", "run.checkpoint_every=8",
           "optim.lr=1e-3"]
-# Tolerance against DDP. The same fp32 math in another order: DeepSpeed averages gradients in
-# flattened buckets and computes the clipping norm over partitions, DDP in its own buckets. Each
-# step differs by float32 rounding (~1e-7 relative); Adam's update is bounded by the LR (<= 1e-3),
-# and 30 steps keep weight differences far below 1e-5, while an LR one step late or clipping at
-# another threshold moves weights by 1e-4 or more.
-WEIGHT_ATOL, LOSS_ATOL = 1e-5, 1e-5
-
+# Tolerance against DDP: the same fp32 math summed in another order (DeepSpeed averages gradients in
+# flattened buckets and takes the clipping norm over partitions). Measured over these 30 steps: losses
+# within 6e-8, weights within 1e-7 -- except the attention's key bias. Softmax is invariant to it, so
+# its exact gradient is 0 and what remains is rounding noise, which Adam scales up to steps of the
+# LR's size with random signs (~1e-5 apart after 30 steps, in DDP vs DDP-like runs alike). It is left
+# out of the comparison. An LR applied one step late moved weights by 1e-2 here.
+WEIGHT_ATOL, LOSS_ATOL = 1e-6, 1e-6
 
 def ds_cmd(accelerate_config: Path, overrides: list[str], *launcher_args: str) -> list[str]:
     return [ACCELERATE, "launch", "--config_file", str(accelerate_config), "--num_processes", "2",
@@ -110,8 +110,17 @@ def test_zero_trains_like_ddp_from_the_same_weights_and_data(runs, stage):
     assert a.keys() == b.keys()
     for k in a:  # ZeRO-3: encoder.pt gathered whole from the shards
         assert b[k].dtype == torch.float32 and b[k].shape == a[k].shape, k
-        torch.testing.assert_close(b[k], a[k], atol=WEIGHT_ATOL, rtol=0)
+        keep = without_key_bias(k, a[k])
+        torch.testing.assert_close(b[k][keep], a[k][keep], atol=WEIGHT_ATOL, rtol=0, msg=k)
 
+
+def without_key_bias(name: str, w: torch.Tensor) -> torch.Tensor:
+    """Mask of the elements to compare: all but the key third of a fused qkv bias (see WEIGHT_ATOL)."""
+    keep = torch.ones_like(w, dtype=torch.bool)
+    if name.endswith("qkv.bias"):
+        d = w.shape[0] // 3
+        keep[d:2 * d] = False
+    return keep
 
 def test_zero_shards_the_optimizer_state_across_both_processes(runs):
     """Each rank's checkpoint file holds its own slice of the fp32 master weights, about half of them."""
