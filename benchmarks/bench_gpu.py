@@ -164,7 +164,7 @@ def synthetic_batches(cfg: PretrainConfig, n_patches: int, device: torch.device)
 
 def run_case(case: Case, data: str, compiled: bool, args, shard_dir: Path) -> dict:
     """img/s (all processes) of one configuration; runs in this process under the current accelerate launch."""
-    from vitssl.engine.builders import build_accelerator, build_optimizer
+    from vitssl.engine.builders import build_accelerator, build_optimizer, model_dtype, to_model_input
 
     cfg = pretrain_config(case, str(shard_dir), args.batch if case.model != "mnist_config" else args.mnist_batch)
     accelerator = build_accelerator(cfg.run, cfg.data.batch_size)
@@ -174,15 +174,13 @@ def run_case(case: Case, data: str, compiled: bool, args, shard_dir: Path) -> di
     optimizer = build_optimizer(objective, cfg.optim, 1e-4)
     model = torch.compile(objective) if compiled else objective
     model, optimizer = accelerator.prepare(model, optimizer)
-    dtype = next(p for p in model.parameters()).dtype  # bf16 under DeepSpeed, which does not autocast
+    dtype = model_dtype(model)  # bf16 under DeepSpeed, which casts the model instead of autocasting
     batches = (shard_batches(cfg, objective.sample_transform(), accelerator, args.workers) if data == "shards"
                else synthetic_batches(cfg, n_patches, accelerator.device))
 
     def step():
         batch = next(batches)
-        batch = {k: v.to(accelerator.device, non_blocking=True) for k, v in batch.items()}
-        if dtype != torch.float32:
-            batch["image"] = batch["image"].to(dtype)
+        batch = to_model_input(batch, accelerator.device, dtype)
         for group in optimizer.param_groups:
             group["lr"] = 1e-4
         with accelerator.autocast():

@@ -82,6 +82,14 @@ def model_dtype(model: torch.nn.Module) -> torch.dtype:
     return next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
 
 
+def cast_float_buffers(model: torch.nn.Module, dtype: torch.dtype) -> None:
+    """DeepSpeed's bf16/fp16 casts the parameters but not the buffers (fixed position embeddings):
+    cast those too, or an fp32 buffer promotes the activations back to fp32 in the middle of the model."""
+    for buffer in model.buffers():
+        if buffer.is_floating_point() and buffer.dtype != dtype:
+            buffer.data = buffer.data.to(dtype)
+
+
 def to_model_input(batch: dict, device: torch.device, dtype: torch.dtype) -> dict:
     """Move a batch to the device and cast its pixels (images, views, clips: >= 3-D) to `dtype`.
 

@@ -22,7 +22,7 @@ import torch.distributed as dist
 from accelerate import Accelerator
 from tqdm.auto import tqdm
 
-from vitssl.engine.builders import model_dtype, to_model_input
+from vitssl.engine.builders import cast_float_buffers, model_dtype, to_model_input
 from vitssl.engine.checkpoint import Checkpointer, load_checkpoint
 from vitssl.engine.plan import TrainingPlan, set_lr
 from vitssl.tracking import MlflowRun
@@ -134,6 +134,7 @@ class Trainer:
         self.accelerator = accelerator
         self.model, self.optimizer = accelerator.prepare(model, optimizer)
         self.input_dtype = model_dtype(self.model)
+        cast_float_buffers(self.model, self.input_dtype)
         self.plan = plan
         self.tracker = tracker
         self.checkpointer = checkpointer
