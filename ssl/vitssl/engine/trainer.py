@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 from accelerate import Accelerator
+from accelerate.utils import DistributedType
 from tqdm.auto import tqdm
 
 from vitssl.engine.builders import cast_float_buffers, model_dtype, to_model_input
@@ -156,6 +157,14 @@ class Trainer:
         self.last_saved_step = self.state.step
         return self.last_checkpoint
 
+    def _clip_gradients(self) -> dict[str, torch.Tensor]:
+        """Clip; return the norm before clipping, left on the device (no host sync)."""
+        if self.accelerator.distributed_type == DistributedType.DEEPSPEED:
+            # DeepSpeed clipped inside backward; accelerate's clip_grad_norm_ would .item() its norm.
+            norm = self.model.get_global_grad_norm()
+            return {} if norm is None else {"grad_norm": norm}
+        return {"grad_norm": self.accelerator.clip_grad_norm_(self.model.parameters(), self.options.grad_clip)}
+
     # -- agreement across processes ------------------------------------------------------------
     def _agree(self, bad: torch.Tensor, stop: bool) -> tuple[bool, bool]:
         """(any rank saw a non-finite loss, any rank asked to stop): one sync for both."""
@@ -205,7 +214,7 @@ class Trainer:
                         loss, metrics = self.model(batch)
                         acc.backward(loss)
                         if acc.sync_gradients and opts.grad_clip:
-                            metrics["grad_norm"] = acc.clip_grad_norm_(self.model.parameters(), opts.grad_clip)
+                            metrics |= self._clip_gradients()
                         self.optimizer.step()
                         self.optimizer.zero_grad(set_to_none=True)
                     window_imgs += next(iter(batch.values())).shape[0]
