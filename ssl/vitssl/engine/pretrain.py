@@ -19,7 +19,7 @@ def run_pretrain(cfg: PretrainConfig) -> FitResult:
     with session as run:
         objective = build_objective(cfg)
         figure_batch = None
-        if run.is_main and cfg.run.figure_every:
+        if cfg.run.figure_every:  # on every process: under ZeRO-3 all of them join the figures' forward
             figure_batch = next(iter(make_eval_loader(cfg.data.shards, cfg.data.eval_split, batch_size=8,
                                                       transform=objective.sample_transform(),
                                                       check_sha=cfg.data.check_sha)))
