@@ -31,6 +31,7 @@ class FinetuneResult:
     run_id: str | None
     metrics: dict[str, float] = field(default_factory=dict)
     checkpoint: Path | None = None
+    interrupted: bool = False  # stopped by SIGTERM/SIGINT after a checkpoint
 
 
 def class_names(cfg: FinetuneConfig) -> list[str]:
@@ -93,7 +94,7 @@ def _finetune(run: RunSession, cfg: FinetuneConfig, encoder, pretrained: Pretrai
     t0 = time.perf_counter()
     fit = run.fit(model, export, f"finetune {pretrained.objective} encoder (layer decay {ft.layer_decay})",
                   lr_scale=lr_scale)
-    result = FinetuneResult(fit.state.mlflow_run_id, checkpoint=fit.checkpoint)
+    result = FinetuneResult(fit.state.mlflow_run_id, checkpoint=fit.checkpoint, interrupted=fit.interrupted)
     if fit.interrupted:
         return result
     net = run.accelerator.unwrap_model(run.trainer.model)

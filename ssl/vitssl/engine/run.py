@@ -20,10 +20,18 @@ from accelerate.utils import set_seed
 
 from vitssl.config import ConfigError, flatten, to_yaml
 from vitssl.engine.builders import build_accelerator, build_optimizer
-from vitssl.engine.checkpoint import CONFIG_FILE, TRAINER_STATE, Checkpointer, latest_checkpoint
+from vitssl.engine.checkpoint import (
+    CONFIG_FILE,
+    TRAINER_STATE,
+    Checkpointer,
+    latest_checkpoint,
+    remove_partial,
+)
+from vitssl.engine.lock import lock_run_folder
 from vitssl.engine.plan import TrainingPlan, make_training_plan
 from vitssl.engine.trainer import FitResult, Trainer, TrainerOptions
-from vitssl.tracking import MlflowRun, git_commit
+from vitssl.tracking import git_commit
+from vitssl.tracking.buffered import BufferedRun
 
 
 def resume_folder(cfg, root: Path) -> Path | None:
@@ -58,7 +66,9 @@ class RunSession:
         if cfg.run.parent_run_id and "mlflow.parentRunId" not in tags:
             self.tags["mlflow.parentRunId"] = cfg.run.parent_run_id
         self.tags |= cfg.run.tags
-        self.tracker = MlflowRun(self.accelerator.is_main_process, cfg.run.tracking_uri, experiment)
+        self.tracker = BufferedRun(self.accelerator.is_main_process, cfg.run.tracking_uri, experiment, self.out_dir,
+                                   required=cfg.run.tracking_required)
+        self.lock = None
         self.trainer: Trainer | None = None
         self.interrupted = False
 
@@ -68,17 +78,24 @@ class RunSession:
 
     def __enter__(self) -> RunSession:
         self.resume = resume_folder(self.cfg, self.out_dir)  # a bad run.resume fails before anything is written
+        self.lock = lock_run_folder(self.accelerator, self.out_dir)  # one owner per folder, before any write
         if self.is_main:
-            self.out_dir.mkdir(parents=True, exist_ok=True)
+            remove_partial(self.out_dir)  # ours now: what a killed save left is garbage
             (self.out_dir / CONFIG_FILE).write_text(to_yaml(self.cfg))
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is not None:
-            self.tracker.end("FAILED")
-            return
-        self.tracker.end("KILLED" if self.interrupted else "FINISHED")
-        self.accelerator.wait_for_everyone()
+        try:
+            if exc_type is not None:
+                if getattr(self.trainer, "bar", None) is not None:
+                    self.trainer.bar.close()  # so the error line that follows starts a line of its own
+                self.tracker.end("FAILED")
+                return
+            self.tracker.end("KILLED" if self.interrupted else "FINISHED")
+            self.accelerator.wait_for_everyone()
+        finally:
+            if self.lock is not None:
+                self.lock.release()
 
     def start_tracking(self, params: dict, run_id: str | None = None) -> str | None:
         """Create (or reopen, on resume) the MLflow run; a new run gets the config as params and artifact."""
