@@ -1,3 +1,10 @@
+import os
+
+# Before anything imports mlflow: its telemetry thread, failing to reach the internet, unsets an
+# environment variable while requests iterates os.environ in another thread ("dictionary changed
+# size" / KeyError '_MLFLOW_TELEMETRY_SESSION_ID' in a client call). Tests never send telemetry.
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+
 from pathlib import Path
 
 import pytest
