@@ -61,13 +61,12 @@ def plan_slots(jobs: int | None = None) -> Slots:
 
 
 def _init_worker(slot_ids, threads: int, gpus: bool) -> None:
+    # Before the worker's first job imports torch: torch takes its thread count from OMP_NUM_THREADS
+    # and its devices from CUDA_VISIBLE_DEVICES when it starts.
     slot = slot_ids.get()
     os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(threads)
     if gpus:
         os.environ["CUDA_VISIBLE_DEVICES"] = str(slot)
-    import torch
-
-    torch.set_num_threads(threads)
 
 
 def _timed(fn: Callable[..., Any], kwargs: dict) -> tuple[float, Any]:

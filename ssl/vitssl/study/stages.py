@@ -78,7 +78,6 @@ def pixel_baselines(shards: str, tracking_uri: str, experiment: str, parent_run_
                     seed: int, out: str, class_names: list[str]) -> dict:
     """Logistic regression and an RBF SVM on raw pixels (vitssl.study.pixel_baselines), each an
     MLflow run tagged like a fine-tune run so the comparison table lists them beside the encoders."""
-    import mlflow
 
     from vitssl.data import load_split_tensors
     from vitssl.study.pixel_baselines import BASELINES, fit_baseline
