@@ -76,6 +76,7 @@ def build_jobs(args, out: Path, configs: Path, common: list[str], splits: list[s
             parent_run_id=parent, seed=0, out=str(out / "runs"),
             class_names=json.loads((Path(args.shards) / "manifest.json").read_text())["classes"]), cost=0.5))
     variants = [("", "train")] + ([("extra", "unlabeled")] if args.extra_data else [])
+    pretrained_dir = Path(args.pretrained_dir).resolve() if args.pretrained_dir else out / "runs"
     for seed in args.seeds:
         for objective in args.objectives:
             for variant, split in variants:
@@ -88,11 +89,11 @@ def build_jobs(args, out: Path, configs: Path, common: list[str], splits: list[s
                     config = configs / f"{objective}.yaml"
                     if not config.is_file():
                         raise ConfigError(f"no pretrain config {config}")
-                    overrides = common + [f"run.seed={seed}", f"run.output_dir={out}/runs/{tag}", f"run.name={tag}",
+                    overrides = common + [f"run.seed={seed}", f"run.output_dir={pretrained_dir}/{tag}", f"run.name={tag}",
                                           f"data.split={split}", *fig_off, *args.pretrain_override]
                     if variant:
                         overrides.append("run.tags={variant: label-free extra data}")
-                    pretrained = str(out / "runs" / tag)
+                    pretrained = str(pretrained_dir / tag)
                     if pretrain_done(config, overrides):
                         print(f"[{tag}] pretrain already finished", flush=True)
                     else:
@@ -145,6 +146,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--jobs", type=int, default=None, help="concurrent stages (default: CPU cores, or GPUs)")
     parser.add_argument("--extra-data", action="store_true",
                         help="also pretrain on the shards' 'unlabeled' split (label-free extra data), its own rows")
+    parser.add_argument("--pretrained-dir", default=None,
+                        help="where the pretrainings live (default <out>/runs): evaluate another study's encoders "
+                             "on other shards, say with fewer labels; finished ones are not rerun")
     parser.add_argument("--pretrain-override", action="append", default=[], metavar="KEY=VALUE",
                         help="extra override for every pretraining run (repeatable)")
     parser.add_argument("--finetune-override", action="append", default=[], metavar="KEY=VALUE",
