@@ -1,12 +1,13 @@
 # make setup: create .venv and install the project with the tested versions (constraints.txt)
 # make run:   the main job on the embedded MNIST 0/1/2 subset
-# make test:  the test suite
+# make test:  the test suite (what CI runs)
+# make test-fast: unit tests only (no process launches, no training runs), < 2 min
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup run test lint bench
+.PHONY: setup run test test-fast lint bench
 
 setup: $(STAMP)
 
@@ -21,6 +22,9 @@ run: setup
 
 test: setup
 	$(PY) -m pytest -q
+
+test-fast: setup
+	$(PY) -m pytest -q -m "not slow"
 
 lint: setup
 	$(VENV)/bin/ruff check .

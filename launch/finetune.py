@@ -29,7 +29,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     if PartialState().is_main_process:
-        print(f"test accuracy: {result.metrics.get('test_accuracy', float('nan')):.4f}")
+        for split in cfg.finetune.splits(cfg.data):
+            print(f"{split} accuracy: {result.metrics.get(f'{split}_accuracy', float('nan')):.4f}")
         print(f"mlflow run id: {result.run_id}")
     return 0
 

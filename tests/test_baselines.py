@@ -8,6 +8,7 @@ from torch import nn
 
 from vitssl.config import ConfigError, PretrainConfig, load_config
 from vitssl.data.augment import RandAugmentDigits, chain
+from vitssl.engine.builders import param_groups
 from vitssl.models import CNN, CNNArgs, Swin, SwinArgs, ViT, ViTArgs, encoder_export, encoder_from_export
 from vitssl.models.cnn import CNNDecoder
 from vitssl.objectives import build_objective, parse_options
@@ -95,19 +96,20 @@ def teacher_model(num_classes: int = 3) -> FrozenClassifier:
     return FrozenClassifier(ViT(ViTArgs(depth=1, embed_dim=32, dropout=0.5)), nn.Linear(32, num_classes), "cls")
 
 
-def test_teacher_is_frozen_and_outside_the_students_parameters():
+def test_teacher_is_a_frozen_registered_module_outside_the_optimizer():
     teacher = teacher_model()
     student = Distill(Swin(SwinArgs(embed_dim=24)), DistillOptions(num_classes=3), teacher)
     teacher_ids = {id(p) for p in teacher.parameters()}
-    assert not teacher_ids & {id(p) for p in student.parameters()}
-    assert not any(k.startswith("teacher") for k in student.state_dict())
+    optimized = {id(p) for group in param_groups(student, 0.05) for p in group["params"]}
+    assert teacher_ids and not teacher_ids & optimized
+    assert any(k.startswith("teacher.") for k in student.state_dict())  # checkpoints and resumes with the run
     student.train()
     assert not teacher.training and not any(p.requires_grad for p in teacher.parameters())
     batch = {"image": torch.rand(4, 1, 28, 28)}
     loss, metrics = student(batch)  # no "label" in the batch: the loss cannot read one
     loss.backward()
     assert all(p.grad is None for p in teacher.parameters())
-    assert all(p.grad is not None for p in student.parameters())
+    assert all(p.grad is not None for p in student.parameters() if id(p) not in teacher_ids)
     torch.testing.assert_close(teacher(batch["image"]), teacher(batch["image"]))  # eval: dropout off
     student.to(torch.float64)
     assert next(teacher.parameters()).dtype == torch.float64  # moves follow the student
@@ -150,8 +152,10 @@ def test_baseline_objectives_build_and_step(objective, arch):
 
 
 @pytest.mark.parametrize("overrides, message", [
-    (["objective.name=mae", "model.arch=cnn"], "objective mae trains model.arch vit, not cnn"),
-    (["objective.name=cnn_autoencoder"], "objective cnn_autoencoder trains model.arch cnn, not vit"),
+    (["objective.name=mae", "model.arch=cnn"],
+     r"objective mae needs an encoder with masked_tokens; model.arch cnn has none \(use vit\)"),
+    (["objective.name=cnn_autoencoder"],
+     r"objective cnn_autoencoder needs an encoder with feature_map; model.arch vit has none \(use cnn\)"),
 ])
 def test_objective_arch_mismatch_is_a_clear_error(overrides, message):
     with pytest.raises(ConfigError, match=message):
@@ -161,8 +165,8 @@ def test_objective_arch_mismatch_is_a_clear_error(overrides, message):
 @pytest.mark.parametrize("overrides, message", [
     (["model.cnn_channels=[32,64]"], "model.cnn_channels applies to model.arch cnn, not vit"),
     (["model.arch=cnn", "model.swin_window=4"], "model.swin_window applies to model.arch swin, not cnn"),
-    (["model.arch=cnn", "model.cnn_channels=[30,64]"], "divisible by cnn_groups"),
-    (["model.arch=swin", "model.frames=3", "model.tubelet=3"], "need model.arch vit"),
+    (["model.arch=cnn", "model.cnn_channels=[30,64]"], "divisible by model.cnn_groups"),
+    (["model.arch=swin", "model.frames=3", "model.tubelet=3"], "model.frames applies to model.arch vit, not swin"),
     (["model.arch=resnet"], "model.arch"),
 ])
 def test_model_arch_options_are_validated(overrides, message):

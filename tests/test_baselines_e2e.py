@@ -22,6 +22,8 @@ from vitssl.models import CNN, ViT, ViTArgs, encoder_export
 
 from launching import ROOT, client, env, last_lines, launch, metric
 
+pytestmark = pytest.mark.slow  # every test trains
+
 
 def finetune_config(name: str, shards: Path, out: Path, uri: str, *overrides: str) -> FinetuneConfig:
     return load_config(FinetuneConfig, ROOT / f"configs/mnist012/{name}.yaml",
@@ -92,7 +94,6 @@ def test_supervised_vit_with_randaugment_and_mixup(mnist012, tmp_path):
         a.path for a in client(tmp_path).list_artifacts(result.run_id, "eval")}
 
 
-@pytest.mark.slow
 def test_cnn_baselines_learn_and_their_linear_probes_rebuild_the_cnn(mnist012, tmp_path, monkeypatch):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     mlc = client(tmp_path)
@@ -117,7 +118,6 @@ def test_cnn_baselines_learn_and_their_linear_probes_rebuild_the_cnn(mnist012, t
         assert f"| {name} |" in table
 
 
-@pytest.mark.slow
 def test_sweep_runs_every_combination_and_compare_ranks_them(mnist012, tmp_path):
     cmd = [sys.executable, str(ROOT / "launch/sweep.py"), "--config", str(ROOT / "configs/mnist012/supervised_vit.yaml"),
            "--grid", "optim.lr=1e-3,3e-3", "--out", str(tmp_path / "sweep"),

@@ -35,7 +35,7 @@ def test_shipped_config_loads_and_overrides_apply():
     ("objective.name=nope", "objective.name 'nope' is not one of"),
     ("objective.decoder_widht=3", "objective.decoder_widht: unknown key"),
     ("model.pos_embed=rope", "model.pos_embed: Input should be 'sincos' or 'learned'"),
-    ("model.num_heads=5", "embed_dim (64) must be divisible by num_heads (5)"),
+    ("model.num_heads=5", "model.embed_dim (64) must be divisible by model.num_heads (5)"),
     ("run.precision=fp8", "run.precision: Input should be 'no', 'fp16' or 'bf16'"),
     ("optim", "must look like key.sub=value"),
 ])
@@ -63,3 +63,21 @@ def test_entry_point_rejects_bad_config_before_work(tmp_path):
     assert "Traceback" not in out.stderr
     assert not (tmp_path / "run").exists()
     assert not (tmp_path / "mlflow.db").exists()
+
+
+def shipped_configs() -> list[Path]:
+    return sorted(p for p in (ROOT / "configs").rglob("*.yaml") if p.parent.name != "accelerate")
+
+
+@pytest.mark.parametrize("path", shipped_configs(), ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_the_config_a_run_writes_loads_back_to_the_same_config(path, tmp_path):
+    """A run writes to_yaml(cfg) beside its outputs and checkpoints: it must reproduce the run."""
+    from vitssl.config import to_yaml
+    from vitssl.config.finetune import FinetuneConfig
+    from vitssl.config.load import read_yaml
+
+    schema = FinetuneConfig if "finetune" in read_yaml(path) else PretrainConfig
+    cfg = load_config(schema, path, [])
+    saved = tmp_path / "config.yaml"
+    saved.write_text(to_yaml(cfg))
+    assert load_config(schema, saved, []).model_dump() == cfg.model_dump()

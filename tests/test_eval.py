@@ -6,9 +6,11 @@ import math
 import numpy as np
 import pytest
 import torch
+from accelerate import Accelerator
 
+from vitssl.data import load_split_tensors
 from vitssl.engine.finetune import layer_decay_scales
-from vitssl.eval import classification_report, extract_features, knn_predict, standardise, train_linear_probe
+from vitssl.eval import classification_report, knn_predict, split_features, standardise, train_linear_probe
 from vitssl.eval.plots import confusion_figure, embedding_figure, project
 from vitssl.models import ViT, ViTArgs
 from vitssl.tracking.plots import close
@@ -72,13 +74,14 @@ def tiny_encoder(frames: int = 1) -> ViT:
 
 
 @pytest.mark.parametrize("frames", [1, 3])
-def test_features_are_eval_mode_and_leave_the_encoder_unchanged(frames):
+def test_streamed_features_are_eval_mode_in_order_and_leave_the_encoder_unchanged(frames, mnist012):
     enc = tiny_encoder(frames)
     before = {k: v.clone() for k, v in enc.state_dict().items()}
-    x = torch.rand(10, 1, 28, 28)
-    a = extract_features(enc, x, batch_size=4)
-    b = extract_features(enc, x, batch_size=7)
-    assert a.shape == (10, 32)
+    acc = Accelerator(cpu=True)
+    a, ya = split_features(acc, enc, str(mnist012), "test", batch_size=64)
+    b, yb = split_features(acc, enc, str(mnist012), "test", batch_size=37)
+    assert a.shape == (300, 32) and torch.equal(ya, yb)
+    assert torch.equal(ya, load_split_tensors(mnist012, "test")[1])  # manifest order
     torch.testing.assert_close(a, b)  # no dropout: eval mode, batch-size independent
     assert enc.training  # mode restored
     for k, v in enc.state_dict().items():
@@ -100,9 +103,10 @@ def test_linear_probe_separates_separable_features():
 def test_layer_decay_scales_follow_depth():
     enc = tiny_encoder()
     s = layer_decay_scales(enc, 0.5)
-    assert s["encoder.patch_embed."] == 0.5 ** 3
-    assert s["encoder.blocks.0."] == 0.5 ** 2 and s["encoder.blocks.1."] == 0.5
-    assert not any(k.startswith("encoder.norm") for k in s)  # the top keeps the full LR
+    assert s["encoder.patch_embed.proj.weight"] == s["encoder.cls_token"] == 0.5 ** 3
+    assert s["encoder.blocks.0.attn.qkv.weight"] == 0.5 ** 2 and s["encoder.blocks.1.mlp.fc2.bias"] == 0.5
+    assert s["encoder.norm.weight"] == 1.0  # the top keeps the full LR
+    assert set(s) == {f"encoder.{n}" for n, _ in enc.named_parameters()}
 
 
 def test_figures_render():

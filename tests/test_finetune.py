@@ -16,14 +16,9 @@ from safetensors.torch import load_file
 from vitssl.config import PretrainConfig, load_config
 from vitssl.config.finetune import FinetuneConfig
 from vitssl.engine import finetune as engine
-from vitssl.engine.finetune import (
-    PretrainedError,
-    build_encoder,
-    load_encoder,
-    resolve_pretrained,
-    run_finetune,
-)
+from vitssl.engine.finetune import run_finetune
 from vitssl.engine.pretrain import run_pretrain
+from vitssl.engine.pretrained import PretrainedError, build_encoder, load_encoder, resolve_pretrained
 from vitssl.models import ViT, ViTArgs
 from vitssl.objectives.classify import Classify, ClassifyOptions
 

@@ -73,6 +73,13 @@ def test_resume_after_interruption_matches_uninterrupted_run(mnist012, tmp_path,
     run = mlc.get_run(last_lines(resumed)["mlflow run id"])
     assert run.info.status == "FINISHED"
     assert no_temp_folders(out_dir)
+    # The metrics tell the truth after a resume: no step logged twice, and the interrupted epoch's
+    # mean covers all its steps (its running sums travel in the checkpoint).
+    for key in ("loss", "epoch_loss"):
+        steps = [m.step for m in mlc.get_metric_history(run.info.run_id, key)]
+        assert len(steps) == len(set(steps)), (key, steps)
+    want = metric(mlc, last_lines(full)["mlflow run id"], "epoch_loss")
+    torch.testing.assert_close(metric(mlc, run.info.run_id, "epoch_loss"), want, rtol=1e-6, atol=0)
 
 
 def no_temp_folders(root: Path) -> bool:

@@ -13,18 +13,15 @@ from pydantic import Field, model_validator
 from vitssl.config.schema import DataConfig, ModelConfig, OptimConfig, RunConfig, Section
 
 
-class FinetuneOptions(Section):
-    pretrained: str = Field(
-        "none", description="MLflow run id, runs:/<id>, a checkpoint folder, a pretrain output dir "
-                            "(its latest checkpoint), or none (from scratch with `model:`)")
-    mode: Literal["finetune", "linear", "knn"] = "finetune"
+class HeadOptions(Section):
+    """The classifier head and its training-time regularisation: declared once, shared by the
+    `finetune:` section and the classify/distill objectives."""
+
     num_classes: int = Field(3, ge=2)
-    class_names: list[str] | None = Field(None, description="display names; default the label numbers")
     pool: Literal["cls", "mean"] = Field(
         "cls", description="embedding for every mode: the CLS token (mean of patches without one) or the patch mean")
     head_dropout: float = Field(0.0, ge=0, lt=1)
     label_smoothing: float = Field(0.0, ge=0, lt=1)
-    layer_decay: float | None = Field(None, gt=0, le=1, description="layer-wise LR decay; None = off")
     augment: bool = Field(False, description="small random affine on training digits")
     augment_degrees: float = Field(10.0, ge=0)
     augment_translate: float = Field(0.1, ge=0, lt=1, description="fraction of the image size")
@@ -33,6 +30,21 @@ class FinetuneOptions(Section):
     randaugment_ops: int = Field(2, ge=1)
     randaugment_magnitude: int = Field(9, ge=0, le=30)
     mixup_alpha: float = Field(0.0, ge=0, description="Mixup of images and labels, lambda ~ Beta(a, a); 0 = off")
+
+    def head_options(self) -> dict:
+        return self.model_dump(include=set(HeadOptions.model_fields))
+
+
+class FinetuneOptions(HeadOptions):
+    pretrained: str = Field(
+        "none", description="MLflow run id, runs:/<id>, a checkpoint folder, a pretrain output dir "
+                            "(its latest checkpoint), or none (from scratch with `model:`)")
+    mode: Literal["finetune", "linear", "knn"] = "finetune"
+    class_names: list[str] | None = Field(None, description="display names; default the label numbers")
+    eval_splits: list[str] | None = Field(
+        None, min_length=1, description="splits to evaluate at the end (metrics <split>_accuracy, ...); "
+                                        "None = [data.eval_split]")
+    layer_decay: float | None = Field(None, gt=0, le=1, description="layer-wise LR decay; None = off")
     # label-free distillation: the loss is KL to a frozen teacher's logits, no label enters it
     teacher: str = Field("none", description="a fine-tuned classifier (named as `pretrained` is), or none")
     distill_temperature: float = Field(4.0, gt=0)
@@ -45,6 +57,10 @@ class FinetuneOptions(Section):
     knn_temperature: float | None = Field(
         0.07, gt=0, description="votes weighted by exp(cos / T) as in DINO; None = majority vote")
     tsne: bool = Field(True, description="t-SNE of the test embeddings (a few seconds)")
+
+
+    def splits(self, data: DataConfig) -> list[str]:
+        return self.eval_splits or [data.eval_split]
 
 
 class FinetuneConfig(Section):
@@ -64,10 +80,14 @@ class FinetuneConfig(Section):
         if ft.teacher != "none" and (ft.mode != "finetune" or ft.mixup_alpha > 0):
             raise ValueError("finetune.teacher (distillation) needs finetune.mode finetune and no Mixup "
                              f"(got mode {ft.mode}, mixup_alpha {ft.mixup_alpha})")
-        if (ft.pretrained == "none" and self.model.arch != "cnn"
-                and self.data.image_size % self.model.patch_size):
-            raise ValueError(f"data.image_size ({self.data.image_size}) must be divisible by "
-                             f"model.patch_size ({self.model.patch_size})")
+        if ft.pretrained == "none":
+            self.model.check_fits(self.data)
+        if ft.layer_decay and ft.pretrained == "none":
+            from vitssl.models import LAYER_IDS, encoder_spec
+
+            if LAYER_IDS not in encoder_spec(self.model.arch).capabilities:
+                raise ValueError(f"finetune.layer_decay needs an encoder with layer ids; model.arch "
+                                 f"{self.model.arch} has none")
         lo, hi = self.finetune.augment_scale
         if not 0 < lo <= hi:
             raise ValueError(f"finetune.augment_scale must be 0 < low <= high, got {self.finetune.augment_scale}")

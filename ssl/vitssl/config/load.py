@@ -47,6 +47,8 @@ def format_validation_error(err: ValidationError, source: str) -> str:
         msg = e["msg"]
         if e["type"] == "extra_forbidden":
             msg = "unknown key (check the spelling; see the schema in vitssl/config/schema.py)"
+        elif e["type"] == "value_error":  # our validators' messages name the keys and values already
+            msg = msg.removeprefix("Value error, ")
         elif "input" in e and e["type"] != "missing":
             msg = f"{msg} (got {e['input']!r})"
         lines.append(f"  {key}: {msg}")

@@ -28,7 +28,7 @@ class DataConfig(Section):
 
 
 class ModelConfig(Section):
-    arch: Literal["vit", "cnn", "swin"] = Field("vit", description="encoder: vit, cnn (seed-003 baselines) or swin")
+    arch: str = Field("vit", description="encoder: one of vitssl.models.ENCODERS (vit, cnn, swin)")
     patch_size: int = Field(7, gt=0, description="vit and swin")
     embed_dim: int = Field(64, gt=0)
     depth: int = Field(4, ge=1)
@@ -45,25 +45,25 @@ class ModelConfig(Section):
     swin_window: int = Field(7, ge=1, description="swin: attention window (tokens per side)")
 
     @model_validator(mode="after")
-    def _shapes(self) -> ModelConfig:
-        only = {"cnn": ("cnn_channels", "cnn_groups"), "swin": ("swin_window",)}
-        for arch, keys in only.items():
-            stray = [k for k in keys if k in self.model_fields_set and self.arch != arch]
+    def _arch(self) -> ModelConfig:
+        from vitssl.models import ENCODERS
+
+        if self.arch not in ENCODERS:
+            raise ValueError(f"model.arch {self.arch!r} is not one of {sorted(ENCODERS)}")
+        # A key another architecture owns may be written out (a saved config holds every key) but
+        # must keep its default: a changed value would be silently ignored.
+        for arch, spec in ENCODERS.items():
+            stray = [k for k in spec.own_keys if arch != self.arch
+                     and getattr(self, k) != type(self).model_fields[k].get_default(call_default_factory=True)]
             if stray:
                 raise ValueError(f"model.{stray[0]} applies to model.arch {arch}, not {self.arch}")
-        if self.arch != "vit" and (self.frames, self.tubelet) != (1, 1):
-            raise ValueError(f"model.frames / model.tubelet (clips) need model.arch vit, not {self.arch}")
-        if self.arch == "cnn":
-            bad = [c for c in self.cnn_channels if c <= 0 or c % self.cnn_groups]
-            if bad:
-                raise ValueError(f"cnn_channels {self.cnn_channels}: every width must be positive and "
-                                 f"divisible by cnn_groups ({self.cnn_groups})")
-            return self
-        if self.embed_dim % self.num_heads:
-            raise ValueError(f"embed_dim ({self.embed_dim}) must be divisible by num_heads ({self.num_heads})")
-        if self.frames % self.tubelet:
-            raise ValueError(f"frames ({self.frames}) must be divisible by tubelet ({self.tubelet})")
         return self
+
+    def check_fits(self, data: DataConfig) -> None:
+        """The architecture's own rules for these model and data sections (ValueError naming the key)."""
+        from vitssl.models import encoder_spec
+
+        encoder_spec(self.arch).args_from_config(self, data)
 
 
 class OptimConfig(Section):
@@ -89,6 +89,8 @@ class RunConfig(Section):
     output_dir: str = "runs/{name}"
     resume: str = Field("auto", description="'auto' (latest complete checkpoint, if any), 'never', or a path")
     log_every: int = Field(10, ge=1)
+    figure_every: int = Field(10, ge=0, description="epochs between the objective's figures (and after the "
+                                                    "last epoch); 0 = none")
     experiment: str = "vitssl"
     run_name: str | None = None
     tracking_uri: str | None = Field(None, description="None: $MLFLOW_TRACKING_URI or sqlite:///mlflow.db")
@@ -108,10 +110,7 @@ class PretrainConfig(Section):
 
     @model_validator(mode="after")
     def _consistent(self) -> PretrainConfig:
-        if self.model.arch != "cnn" and self.data.image_size % self.model.patch_size:
-            raise ValueError(
-                f"data.image_size ({self.data.image_size}) must be divisible by model.patch_size "
-                f"({self.model.patch_size})")
+        self.model.check_fits(self.data)
         if "name" not in self.objective:
             raise ValueError("objective.name is required (e.g. mae, infonce, mae_infonce, video_mae)")
         return self

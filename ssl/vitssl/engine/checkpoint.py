@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import torch
 from accelerate import Accelerator
@@ -64,8 +66,19 @@ def load_checkpoint(accelerator: Accelerator, folder: Path) -> dict:
     return json.loads((folder / TRAINER_STATE).read_text())
 
 
-def read_encoder_export(folder: Path) -> dict:
-    path = folder / ENCODER_FILE
-    if not path.is_file():
-        raise FileNotFoundError(f"{folder} has no {ENCODER_FILE}: it is not a vitssl checkpoint folder")
-    return torch.load(path, map_location="cpu", weights_only=True)
+@dataclass
+class Checkpointer:
+    """Where and how often a run checkpoints, and what it exports beside accelerate's state.
+
+    export: the unwrapped model -> the plain-data encoder export (`encoder.pt`).
+    """
+
+    root: Path
+    every: int  # optimizer steps between checkpoints; 0 = at each epoch end
+    keep: int
+    export: Callable[[torch.nn.Module], dict]
+    config_yaml: str
+
+    def save(self, accelerator: Accelerator, model: torch.nn.Module, step: int, trainer_state: dict) -> Path:
+        export = self.export(accelerator.unwrap_model(model)) if accelerator.is_main_process else {}
+        return save_checkpoint(accelerator, self.root, step, trainer_state, export, self.config_yaml, self.keep)

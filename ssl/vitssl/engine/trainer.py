@@ -1,9 +1,13 @@
 """One training loop for every objective: batch in, (loss, metrics) out.
 
 The canonical accelerate loop (prepare -> accumulate -> backward -> step -> save_state) plus what
-long runs need: a pure LR schedule, clipping, a non-finite-loss stop, throughput, MLflow
-logging from the main process, crash-safe checkpoints, exact mid-epoch resume, and a clean stop
-on SIGTERM/SIGINT that writes a checkpoint first.
+long runs need: a pure LR schedule set before each step, clipping, a non-finite-loss stop,
+throughput, MLflow logging from the main process, crash-safe checkpoints, exact mid-epoch resume,
+and a clean stop on SIGTERM/SIGINT that writes a checkpoint first.
+
+The loop does not wait for the device each step: metrics are summed on the device, and the
+non-finite guard and the stop request are agreed across processes every `log_every` steps and
+before every checkpoint (so no checkpoint holds a non-finite step).
 """
 from __future__ import annotations
 
@@ -12,39 +16,62 @@ import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable
 
 import torch
 import torch.distributed as dist
 from accelerate import Accelerator
 from tqdm.auto import tqdm
 
-from vitssl.engine.builders import lr_at, set_lr
-from vitssl.engine.checkpoint import load_checkpoint, save_checkpoint
+from vitssl.engine.checkpoint import Checkpointer, load_checkpoint
+from vitssl.engine.plan import TrainingPlan, set_lr
 from vitssl.tracking import MlflowRun
 from vitssl.tracking.plots import close, curve_figure
-
-LoaderFactory = Callable[[int, int], Iterable[dict]]  # (epoch, batches to skip) -> batches
 
 
 class NonFiniteLossError(RuntimeError):
     pass
 
 
-@dataclass
-class Schedule:
-    epochs: int
-    steps_per_epoch: int  # optimizer steps
-    grad_accum: int
-    warmup_steps: int
-    peak_lr: float
-    min_lr: float
-    max_steps: int | None = None
+class LoaderMismatchError(RuntimeError):
+    """A data loader yielded more or fewer batches in an epoch than the plan says."""
 
-    @property
-    def total_steps(self) -> int:
-        total = self.epochs * self.steps_per_epoch
-        return min(total, self.max_steps) if self.max_steps else total
+
+@dataclass
+class TrainerOptions:
+    log_every: int
+    grad_clip: float | None
+    figure_every: int = 0  # epochs between figures of `figure_batch` (also after the last); 0 = never
+
+    @classmethod
+    def from_run(cls, run) -> TrainerOptions:
+        return cls(run.log_every, run.grad_clip, run.figure_every)
+
+
+class RunningMeans:
+    """Sums of per-step metrics kept on the device; read (one sync) only when logged or saved."""
+
+    def __init__(self):
+        self.sums: dict[str, torch.Tensor | float] = {}
+        self.count = 0
+
+    def add(self, values: dict[str, torch.Tensor]) -> None:
+        for k, v in values.items():
+            v = v.detach().float() if torch.is_tensor(v) else float(v)
+            self.sums[k] = self.sums[k] + v if k in self.sums else v
+        self.count += 1
+
+    def means(self) -> dict[str, float]:
+        return {k: float(v) / self.count for k, v in self.sums.items()} if self.count else {}
+
+    def to_dict(self) -> dict:
+        return {"sums": {k: float(v) for k, v in self.sums.items()}, "count": self.count}
+
+    @classmethod
+    def from_dict(cls, d: dict | None) -> RunningMeans:
+        m = cls()
+        if d:
+            m.sums, m.count = dict(d["sums"]), d["count"]
+        return m
 
 
 @dataclass
@@ -53,20 +80,27 @@ class TrainState:
     step: int = 0  # optimizer steps done
     mlflow_run_id: str | None = None
     history: dict[str, list] = field(default_factory=lambda: defaultdict(list))
+    # The running means of the unfinished epoch and log window: carried through a resume so the
+    # interrupted epoch's mean covers all its steps.
+    epoch_means: RunningMeans = field(default_factory=RunningMeans)
+    window_means: RunningMeans = field(default_factory=RunningMeans)
 
     def to_dict(self) -> dict:
         return {"epoch": self.epoch, "step": self.step, "mlflow_run_id": self.mlflow_run_id,
-                "history": dict(self.history)}
+                "history": dict(self.history), "epoch_means": self.epoch_means.to_dict(),
+                "window_means": self.window_means.to_dict()}
 
     @classmethod
     def from_dict(cls, d: dict) -> TrainState:
         s = cls(d["epoch"], d["step"], d.get("mlflow_run_id"))
         s.history.update({k: [tuple(p) for p in v] for k, v in d.get("history", {}).items()})
+        s.epoch_means = RunningMeans.from_dict(d.get("epoch_means"))
+        s.window_means = RunningMeans.from_dict(d.get("window_means"))
         return s
 
 
 class StopRequest:
-    """Turns SIGTERM/SIGINT into a flag the loop checks after each step."""
+    """Turns SIGTERM/SIGINT into a flag the loop checks."""
 
     def __init__(self):
         self.requested = False
@@ -90,32 +124,23 @@ class FitResult:
     state: TrainState
     checkpoint: Path | None
     interrupted: bool
-    last_metrics: dict[str, float]
 
 
 class Trainer:
     def __init__(self, accelerator: Accelerator, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                 make_loader: LoaderFactory, schedule: Schedule, tracker: MlflowRun, checkpoint_root: Path,
-                 checkpoint_every: int, keep_checkpoints: int, log_every: int, grad_clip: float | None,
-                 global_batch: int, export_encoder: Callable[[], dict], config_yaml: str,
+                 plan: TrainingPlan, tracker: MlflowRun, checkpointer: Checkpointer, options: TrainerOptions,
                  figure_batch: dict | None = None):
         self.accelerator = accelerator
         self.model, self.optimizer = accelerator.prepare(model, optimizer)
-        self.make_loader = make_loader
-        self.schedule = schedule
+        self.plan = plan
         self.tracker = tracker
-        self.checkpoint_root = checkpoint_root
-        self.checkpoint_every = checkpoint_every
-        self.keep = keep_checkpoints
-        self.log_every = log_every
-        self.grad_clip = grad_clip
-        self.global_batch = global_batch
-        self.export_encoder = export_encoder
-        self.config_yaml = config_yaml
+        self.checkpointer = checkpointer
+        self.options = options
         self.figure_batch = figure_batch
         self.state = TrainState()
         self.last_checkpoint: Path | None = None
         self.last_saved_step: int | None = None
+        self.logged_through = -1  # steps up to here were logged before a resume: never log them twice
 
     # -- state ---------------------------------------------------------------------------------
     def resume_from(self, folder: Path) -> None:
@@ -123,20 +148,19 @@ class Trainer:
         self.last_checkpoint, self.last_saved_step = folder, self.state.step
 
     def save(self) -> Path:
-        self.last_checkpoint = save_checkpoint(
-            self.accelerator, self.checkpoint_root, self.state.step, self.state.to_dict(),
-            self.export_encoder(), self.config_yaml, self.keep)
+        self.last_checkpoint = self.checkpointer.save(self.accelerator, self.model, self.state.step,
+                                                      self.state.to_dict())
         self.last_saved_step = self.state.step
         return self.last_checkpoint
 
-    # -- loop ----------------------------------------------------------------------------------
-    def _flags(self, loss: torch.Tensor, stop: bool) -> tuple[bool, bool]:
-        """(any rank non-finite, any rank asked to stop), agreed by every process."""
-        flags = torch.tensor([0.0 if torch.isfinite(loss.detach()).item() else 1.0, float(stop)])
+    # -- agreement across processes ------------------------------------------------------------
+    def _agree(self, bad: torch.Tensor, stop: bool) -> tuple[bool, bool]:
+        """(any rank saw a non-finite loss, any rank asked to stop): one sync for both."""
+        flags = torch.stack([bad.float().to(self.accelerator.device),
+                             torch.tensor(float(stop), device=self.accelerator.device)])
         if self.accelerator.num_processes > 1:
-            flags = flags.to(self.accelerator.device)
             dist.all_reduce(flags, op=dist.ReduceOp.MAX)
-        return bool(flags[0]), bool(flags[1])
+        return bool(flags[0] > 0), bool(flags[1] > 0)
 
     def _mean_across(self, values: dict[str, float]) -> dict[str, float]:
         if self.accelerator.num_processes == 1 or not values:
@@ -146,103 +170,136 @@ class Trainer:
         t = self.accelerator.reduce(t, reduction="mean")
         return dict(zip(keys, t.tolist(), strict=True))
 
+    # -- loop ----------------------------------------------------------------------------------
     def fit(self) -> FitResult:
-        acc, sch, st = self.accelerator, self.schedule, self.state
+        acc, sch, st, opts = self.accelerator, self.plan.schedule, self.state, self.options
         total = sch.total_steps
-        bar = tqdm(total=total, initial=st.step, disable=not acc.is_local_main_process, desc="train",
-                   dynamic_ncols=True)
-        last: dict[str, float] = {}
+        objective = acc.unwrap_model(self.model)
+        bar = self.bar = tqdm(total=total, initial=st.step, disable=not acc.is_local_main_process, desc="train",
+                              dynamic_ncols=True)
+        bad = torch.zeros((), dtype=torch.bool, device=acc.device)  # a non-finite loss since the last check
+        first_bad_step = -1
+        window_t, window_imgs = time.perf_counter(), 0
         with StopRequest() as stop:
             while st.step < total and st.epoch < sch.epochs:
-                skip = (st.step - st.epoch * sch.steps_per_epoch) * sch.grad_accum
-                sums: dict[str, float] = defaultdict(float)
-                count, window_t, window_imgs = 0, time.perf_counter(), 0
-                epoch_sums: dict[str, float] = defaultdict(float)
-                epoch_count = 0
+                done_in_epoch = st.step - st.epoch * sch.steps_per_epoch
+                planned = (sch.steps_per_epoch - done_in_epoch) * sch.grad_accum  # micro-batches to use
+                expected = self.plan.batches_per_epoch - done_in_epoch * sch.grad_accum  # the loader's
+                seen = 0
                 self.model.train()
-                for batch in self.make_loader(st.epoch, skip):
+                for batch in self.plan.make_loader(st.epoch, done_in_epoch):
+                    seen += 1
+                    if seen > expected:
+                        raise LoaderMismatchError(
+                            f"the data loader yielded more than the {expected} batches planned for epoch "
+                            f"{st.epoch} on process {acc.process_index}: refusing to merge epochs")
+                    if seen > planned:
+                        continue  # the remainder of an epoch that does not fill an accumulation step
+                    if (seen - 1) % sch.grad_accum == 0:  # before any backward: DeepSpeed steps inside it
+                        set_lr(self.optimizer, sch.lr(st.step))
                     batch = {k: v.to(acc.device, non_blocking=True) for k, v in batch.items()}
                     with acc.accumulate(self.model):
                         loss, metrics = self.model(batch)
                         acc.backward(loss)
-                        if acc.sync_gradients:
-                            set_lr(self.optimizer, lr_at(st.step, total, sch.warmup_steps, sch.peak_lr, sch.min_lr))
-                            if self.grad_clip:
-                                metrics["grad_norm"] = acc.clip_grad_norm_(self.model.parameters(), self.grad_clip)
+                        if acc.sync_gradients and opts.grad_clip:
+                            metrics["grad_norm"] = acc.clip_grad_norm_(self.model.parameters(), opts.grad_clip)
                         self.optimizer.step()
                         self.optimizer.zero_grad(set_to_none=True)
                     window_imgs += next(iter(batch.values())).shape[0]
                     if not acc.sync_gradients:
                         continue
-                    bad, stop_now = self._flags(loss, stop.requested)
-                    if bad:
-                        parts = {k: float(v) for k, v in metrics.items()}
-                        raise NonFiniteLossError(
-                            f"non-finite loss at step {st.step} (epoch {st.epoch}): loss={loss.item()} parts={parts}. "
-                            "Lower optim.lr, enable run.grad_clip, or use bf16 instead of fp16.")
+                    nonfinite = ~torch.isfinite(loss.detach())
+                    bad = bad | nonfinite
+                    if first_bad_step < 0 and acc.device.type == "cpu" and bool(nonfinite):
+                        first_bad_step = st.step  # free on CPU; on GPUs the check below names the window
                     st.step += 1
+                    objective.after_step(st.step, st.step / total)
                     bar.update(1)
-                    values = {"loss": loss.item(), **{k: float(v) for k, v in metrics.items()}}
-                    for k, v in values.items():
-                        sums[k] += v
-                        epoch_sums[k] += v
-                    count += 1
-                    epoch_count += 1
-                    if st.step % self.log_every == 0 or st.step == total:
-                        elapsed = time.perf_counter() - window_t
-                        logged = self._mean_across({k: v / count for k, v in sums.items()})
-                        logged["images_per_s"] = window_imgs * acc.num_processes / max(elapsed, 1e-9)
-                        logged["lr"] = self.optimizer.param_groups[0]["lr"] / self.optimizer.param_groups[0].get("lr_scale", 1.0)
-                        if acc.is_main_process:
-                            self.tracker.log_metrics(logged, st.step)
-                            st.history["loss"].append((st.step, logged["loss"]))
-                            st.history["images_per_s"].append((st.step, logged["images_per_s"]))
-                            bar.set_postfix(loss=f"{logged['loss']:.4f}", ips=f"{logged['images_per_s']:.0f}")
-                        last = logged
-                        sums, count, window_t, window_imgs = defaultdict(float), 0, time.perf_counter(), 0
-                    if self.checkpoint_every and st.step % self.checkpoint_every == 0:
+                    values = {"loss": loss.detach(), **metrics}
+                    st.window_means.add(values)
+                    st.epoch_means.add(values)
+                    epoch_done = st.step - st.epoch * sch.steps_per_epoch == sch.steps_per_epoch
+                    log_now = st.step % opts.log_every == 0 or st.step == total
+                    save_now = bool(self.checkpointer.every) and st.step % self.checkpointer.every == 0
+                    if not (log_now or save_now or epoch_done or st.step >= total):
+                        continue
+                    any_bad, stop_now = self._agree(bad, stop.requested)
+                    if any_bad:
+                        where = f"step {first_bad_step}" if first_bad_step >= 0 else f"a step up to {st.step - 1}"
+                        raise NonFiniteLossError(
+                            f"non-finite loss at {where} (epoch {st.epoch}): recent means "
+                            f"{st.window_means.means()}. Lower optim.lr, enable run.grad_clip, or use bf16 "
+                            "instead of fp16.")
+                    if log_now:
+                        self._log_window(time.perf_counter() - window_t, window_imgs)
+                        window_t, window_imgs = time.perf_counter(), 0
+                    if save_now:
                         self.save()
                     if stop_now:
                         acc.print(f"stop requested: saving a checkpoint at step {st.step}")
-                        self.save()
+                        if self.last_saved_step != st.step:
+                            self.save()
                         bar.close()
-                        return FitResult(st, self.last_checkpoint, True, last)
+                        return FitResult(st, self.last_checkpoint, True)
                     if st.step >= total:
                         break
-                if epoch_count:
-                    self._end_epoch({k: v / epoch_count for k, v in epoch_sums.items()})
-                if st.step >= (st.epoch + 1) * sch.steps_per_epoch:
+                if st.step < total and seen != expected:
+                    raise LoaderMismatchError(
+                        f"the data loader ended epoch {st.epoch} after {seen} of the {expected} batches planned "
+                        f"on process {acc.process_index}: every process must get the planned equal batches")
+                if st.step == (st.epoch + 1) * sch.steps_per_epoch:
+                    self._end_epoch()
                     st.epoch += 1
-                elif st.step < total:
-                    raise RuntimeError(f"the data loader ended epoch {st.epoch} after {epoch_count} of "
-                                       f"{sch.steps_per_epoch} steps: every process must get equal batches")
-                if st.step < total and not self.checkpoint_every:
-                    self.save()
+                    if st.step < total and not self.checkpointer.every:
+                        self.save()
         if self.last_saved_step != st.step:
             self.save()
         bar.close()
-        return FitResult(st, self.last_checkpoint, False, last)
+        return FitResult(st, self.last_checkpoint, False)
 
-    def _end_epoch(self, means: dict[str, float]) -> None:
+    def _log_window(self, elapsed: float, images: int) -> None:
         acc, st = self.accelerator, self.state
-        means = self._mean_across(means)
+        logged = self._mean_across(st.window_means.means())
+        st.window_means = RunningMeans()
+        logged["images_per_s"] = images * acc.num_processes / max(elapsed, 1e-9)
+        group = self.optimizer.param_groups[0]
+        logged["lr"] = group["lr"] / group.get("lr_scale", 1.0)
+        if acc.is_main_process:
+            if st.step > self.logged_through:
+                self.tracker.log_metrics(logged, st.step)
+            st.history["loss"].append((st.step, logged["loss"]))
+            st.history["images_per_s"].append((st.step, logged["images_per_s"]))
+            self.bar.set_postfix(loss=f"{logged['loss']:.4f}", ips=f"{logged['images_per_s']:.0f}")
+
+    def _end_epoch(self) -> None:
+        acc, st = self.accelerator, self.state
+        means = self._mean_across(st.epoch_means.means())
+        st.epoch_means = RunningMeans()
+        epoch = st.epoch + 1
         if not acc.is_main_process:
             return
-        self.tracker.log_metrics({f"epoch_{k}": v for k, v in means.items()}, st.step)
-        st.history["epoch_loss"].append((st.epoch + 1, means["loss"]))
-        acc.print(f"epoch {st.epoch + 1}/{self.schedule.epochs} step {st.step}: "
+        if st.step > self.logged_through:
+            self.tracker.log_metrics({f"epoch_{k}": v for k, v in means.items()}, st.step)
+        for k, v in means.items():
+            st.history[f"epoch_{k}"].append((epoch, v))
+        acc.print(f"epoch {epoch}/{self.plan.schedule.epochs} step {st.step}: "
                   + " ".join(f"{k}={v:.4f}" for k, v in sorted(means.items())))
-        if self.figure_batch is not None:
-            model = acc.unwrap_model(self.model)
-            was_training = model.training
-            model.eval()
-            batch = {k: v.to(acc.device) for k, v in self.figure_batch.items()}
-            with acc.autocast():
-                figures = model.figures(batch)
-            model.train(was_training)
-            for name, fig in figures.items():
-                self.tracker.log_figure(fig, f"figures/epoch_{st.epoch + 1:03d}_{name}")
-                close(fig)
+        every, last = self.options.figure_every, epoch == self.plan.schedule.epochs
+        if self.figure_batch is not None and every and (epoch % every == 0 or last):
+            self._log_figures(epoch)
+
+    def _log_figures(self, epoch: int) -> None:
+        acc = self.accelerator
+        model = acc.unwrap_model(self.model)
+        was_training = model.training
+        model.eval()
+        batch = {k: v.to(acc.device) for k, v in self.figure_batch.items()}
+        with acc.autocast():
+            figures = model.figures(batch)
+        model.train(was_training)
+        for name, fig in figures.items():
+            self.tracker.log_figure(fig, f"figures/epoch_{epoch:03d}_{name}")
+            close(fig)
 
     def log_curves(self) -> None:
         if not self.accelerator.is_main_process:
@@ -250,4 +307,3 @@ class Trainer:
         fig = curve_figure({"loss": self.state.history.get("loss", [])}, title="training loss")
         self.tracker.log_figure(fig, "loss_curve.png")
         close(fig)
-

@@ -1,28 +1,47 @@
-"""Frozen-encoder features of a whole split, computed once."""
+"""Frozen-encoder features, streamed in batches through the evaluation loader on every process."""
 from __future__ import annotations
 
-import torch
+from typing import Callable
 
-from vitssl.models import ViT
+import torch
+from accelerate import Accelerator
+from accelerate.utils import gather_object
+
+from vitssl.data import make_eval_loader
 from vitssl.objectives.classify import pooled
 
 
 @torch.no_grad()
-def extract_features(encoder: ViT, images: torch.Tensor, batch_size: int = 256,
-                     device: torch.device | str = "cpu", pool: str = "cls") -> torch.Tensor:
-    """Images (N, C, H, W) -> pooled embeddings (N, D) float32 on the CPU, encoder in eval mode
-    (pool: see vitssl.objectives.classify.pooled).
+def stream_split(accelerator: Accelerator, shards: str, split: str, batch_size: int,
+                 fn: Callable[[torch.Tensor], dict[str, torch.Tensor]], check_sha: bool = True) -> dict[str, torch.Tensor]:
+    """Apply `fn` (images (B, C, H, W) on the device -> named (B, ...) tensors) to a whole split.
 
-    The encoder's train/eval mode is restored afterwards, and no parameter is touched.
+    Each process reads an exact, disjoint share (positions p % world == rank), so no sample is padded
+    or counted twice; the results are gathered to every process and returned in manifest order, on the
+    CPU, with the split's `label`s. Only one batch of images is ever in memory.
     """
+    loader = make_eval_loader(shards, split, batch_size=batch_size, rank=accelerator.process_index,
+                              world_size=accelerator.num_processes, check_sha=check_sha)
+    parts: list[dict[str, torch.Tensor]] = []
+    for batch in loader:
+        out = {k: v.float().cpu() for k, v in fn(batch["image"].to(accelerator.device)).items()}
+        parts.append(out | {"label": batch["label"], "index": batch["index"]})
+    if accelerator.num_processes > 1:
+        parts = gather_object(parts)
+    merged = {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
+    order = merged.pop("index").argsort()
+    return {k: v[order] for k, v in merged.items()}
+
+
+def split_features(accelerator: Accelerator, encoder: torch.nn.Module, shards: str, split: str, batch_size: int,
+                   pool: str = "cls", check_sha: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pooled embeddings (N, D) and labels (N,) of a split; the encoder's train/eval mode is restored."""
     was_training = encoder.training
     encoder.eval()
-    out = []
-    for i in range(0, images.shape[0], batch_size):
-        x = images[i:i + batch_size].to(device)
-        out.append(pooled(encoder, x, pool).float().cpu())
+    out = stream_split(accelerator, shards, split, batch_size, lambda x: {"features": pooled(encoder, x, pool)},
+                       check_sha)
     encoder.train(was_training)
-    return torch.cat(out)
+    return out["features"], out["label"]
 
 
 def standardise(train: torch.Tensor, *others: torch.Tensor, eps: float = 1e-6) -> list[torch.Tensor]:

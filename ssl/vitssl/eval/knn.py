@@ -7,7 +7,8 @@ import torch.nn.functional as F
 
 @torch.no_grad()
 def knn_predict(train: torch.Tensor, train_labels: torch.Tensor, test: torch.Tensor, k: int,
-                num_classes: int, temperature: float | None = 0.07) -> tuple[torch.Tensor, torch.Tensor]:
+                num_classes: int, temperature: float | None = 0.07,
+                chunk: int = 1024) -> tuple[torch.Tensor, torch.Tensor]:
     """Labels of `test` (M, D) from its k most cosine-similar rows of `train` (N, D).
 
     temperature: each neighbour votes exp(cos / T) for its class (DINO's weighted kNN);
@@ -15,10 +16,14 @@ def knn_predict(train: torch.Tensor, train_labels: torch.Tensor, test: torch.Ten
     Returns (predictions (M,), class scores (M, num_classes) summing to 1 per row).
     """
     k = min(k, train.shape[0])
-    sim = F.normalize(test.float(), dim=1) @ F.normalize(train.float(), dim=1).T  # (M, N)
-    top_sim, top_idx = sim.topk(k, dim=1)
-    votes = torch.ones_like(top_sim) if temperature is None else (top_sim / temperature).exp()
-    scores = torch.zeros(test.shape[0], num_classes, dtype=votes.dtype)
-    scores.scatter_add_(1, train_labels[top_idx], votes)
-    scores = scores / scores.sum(1, keepdim=True)
+    train_n = F.normalize(train.float(), dim=1)
+    out = []
+    for start in range(0, test.shape[0], chunk):  # a (chunk, N) similarity block at a time: bounded memory
+        sim = F.normalize(test[start:start + chunk].float(), dim=1) @ train_n.T
+        top_sim, top_idx = sim.topk(k, dim=1)
+        votes = torch.ones_like(top_sim) if temperature is None else (top_sim / temperature).exp()
+        scores = torch.zeros(sim.shape[0], num_classes, dtype=votes.dtype)
+        scores.scatter_add_(1, train_labels[top_idx], votes)
+        out.append(scores / scores.sum(1, keepdim=True))
+    scores = torch.cat(out)
     return scores.argmax(1), scores

@@ -15,6 +15,9 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import nn
 
+from vitssl.models.encoder import FEATURE_MAP
+from vitssl.models.registry import register_encoder
+
 
 @dataclass
 class CNNArgs:
@@ -35,6 +38,7 @@ def conv_stage(c_in: int, c_out: int, stride: int, groups: int) -> nn.Sequential
                          nn.GroupNorm(groups, c_out), nn.ReLU(inplace=True))
 
 
+@register_encoder("cnn", CNNArgs, {FEATURE_MAP}, own_keys=("cnn_channels", "cnn_groups"))
 class CNN(nn.Module):
     def __init__(self, args: CNNArgs):
         super().__init__()
@@ -57,6 +61,15 @@ class CNN(nn.Module):
     @property
     def embed_dim(self) -> int:
         return self.args.channels[-1]
+
+    @staticmethod
+    def args_from_config(model, data) -> CNNArgs:
+        bad = [c for c in model.cnn_channels if c <= 0 or c % model.cnn_groups]
+        if bad:
+            raise ValueError(f"model.cnn_channels {model.cnn_channels}: every width must be positive and "
+                             f"divisible by model.cnn_groups ({model.cnn_groups})")
+        return CNNArgs(img_size=data.image_size, in_chans=data.channels, channels=list(model.cnn_channels),
+                       groups=model.cnn_groups)
 
     def feature_map(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) -> (B, D, h, w) with h = w = self.grid."""

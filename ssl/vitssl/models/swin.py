@@ -17,6 +17,7 @@ from torch import nn
 from torchvision.models.swin_transformer import PatchMerging, SwinTransformerBlock
 
 from vitssl.models.layers import init_weights
+from vitssl.models.registry import register_encoder
 
 
 @dataclass
@@ -38,6 +39,7 @@ class SwinArgs:
         return asdict(self)
 
 
+@register_encoder("swin", SwinArgs, own_keys=("swin_window",))
 class Swin(nn.Module):
     def __init__(self, args: SwinArgs):
         super().__init__()
@@ -64,6 +66,19 @@ class Swin(nn.Module):
     @property
     def embed_dim(self) -> int:
         return 2 * self.args.embed_dim
+
+    @staticmethod
+    def args_from_config(model, data) -> SwinArgs:
+        if model.embed_dim % model.num_heads:
+            raise ValueError(f"model.embed_dim ({model.embed_dim}) must be divisible by model.num_heads "
+                             f"({model.num_heads})")
+        if data.image_size % model.patch_size:
+            raise ValueError(f"data.image_size ({data.image_size}) must be divisible by model.patch_size "
+                             f"({model.patch_size})")
+        return SwinArgs(img_size=data.image_size, in_chans=data.channels, patch_size=model.patch_size,
+                        embed_dim=model.embed_dim, depth=model.depth, num_heads=model.num_heads,
+                        window_size=model.swin_window, mlp_ratio=model.mlp_ratio, dropout=model.dropout,
+                        attn_dropout=model.attn_dropout)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) -> (B, N, 2D) with N = ceil(grid / 2)^2 tokens after the merge."""

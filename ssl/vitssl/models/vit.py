@@ -6,7 +6,9 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
+from vitssl.models.encoder import CLIPS, CLS_TOKEN, LAYER_IDS, MASKED_TOKENS
 from vitssl.models.layers import Block, PatchEmbed, init_weights, sincos_pos_embed, trunc_normal_
+from vitssl.models.registry import register_encoder
 
 
 @dataclass
@@ -31,6 +33,7 @@ class ViTArgs:
         return asdict(self)
 
 
+@register_encoder("vit", ViTArgs, {MASKED_TOKENS, CLS_TOKEN, CLIPS, LAYER_IDS}, own_keys=("frames", "tubelet"))
 class ViT(nn.Module):
     """Pre-norm ViT encoder.
 
@@ -107,3 +110,25 @@ class ViT(nn.Module):
 
     def no_weight_decay(self) -> set[str]:
         return {"cls_token", "pos_embed"}
+
+    def layer_id(self, name: str) -> int:
+        """Depth of a parameter for layer-wise LR decay: embeddings 0, block i -> i + 1, final norm depth + 1."""
+        if name.startswith("blocks."):
+            return int(name.split(".")[1]) + 1
+        return len(self.blocks) + 1 if name.startswith("norm.") else 0
+
+    @staticmethod
+    def args_from_config(model, data) -> ViTArgs:
+        """ViTArgs from the config's model and data sections; ValueError naming the key if they don't fit."""
+        m = model
+        if m.embed_dim % m.num_heads:
+            raise ValueError(f"model.embed_dim ({m.embed_dim}) must be divisible by model.num_heads ({m.num_heads})")
+        if m.frames % m.tubelet:
+            raise ValueError(f"model.frames ({m.frames}) must be divisible by model.tubelet ({m.tubelet})")
+        if data.image_size % m.patch_size:
+            raise ValueError(f"data.image_size ({data.image_size}) must be divisible by model.patch_size "
+                             f"({m.patch_size})")
+        return ViTArgs(img_size=data.image_size, patch_size=m.patch_size, in_chans=data.channels,
+                       embed_dim=m.embed_dim, depth=m.depth, num_heads=m.num_heads, mlp_ratio=m.mlp_ratio,
+                       dropout=m.dropout, attn_dropout=m.attn_dropout, cls_token=m.cls_token,
+                       pos_embed=m.pos_embed, frames=m.frames, tubelet=m.tubelet)

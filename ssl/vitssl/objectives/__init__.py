@@ -9,6 +9,6 @@ from vitssl.objectives import (  # noqa: F401
     simclr,
     video_mae,
 )
-from vitssl.objectives.base import OBJECTIVES, Objective, build_objective, parse_options, register, vit_args
+from vitssl.objectives.base import OBJECTIVES, Objective, build_objective, parse_options, register
 
-__all__ = ["OBJECTIVES", "Objective", "build_objective", "parse_options", "register", "vit_args"]
+__all__ = ["OBJECTIVES", "Objective", "build_objective", "parse_options", "register"]

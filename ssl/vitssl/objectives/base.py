@@ -15,7 +15,7 @@ from torch import nn
 
 from vitssl.config.load import ConfigError, format_validation_error
 from vitssl.config.schema import PretrainConfig
-from vitssl.models import CNNArgs, SwinArgs, ViTArgs, make_encoder
+from vitssl.models import ENCODERS, Encoder, encoder_from_config
 
 Batch = dict[str, torch.Tensor]
 Metrics = dict[str, torch.Tensor]
@@ -28,9 +28,11 @@ class ObjectiveOptions(BaseModel):
 
 class Objective(nn.Module):
     Options: ClassVar[type[ObjectiveOptions]] = ObjectiveOptions
-    archs: ClassVar[tuple[str, ...]] = ("vit",)  # the model.arch values this objective can train
+    # Encoder capabilities (vitssl.models.encoder) this objective needs; the registry says which
+    # architectures have them.
+    requires: ClassVar[frozenset[str]] = frozenset()
 
-    encoder: nn.Module  # a ViT, or any encoder of vitssl.models.ARCHS that `archs` allows
+    encoder: Encoder
 
     def sample_transform(self) -> Callable[[dict], dict] | None:
         """A picklable per-sample transform run in the data workers (None: images as they are)."""
@@ -38,6 +40,11 @@ class Objective(nn.Module):
 
     def forward(self, batch: Batch) -> tuple[torch.Tensor, Metrics]:
         raise NotImplementedError
+
+    def after_step(self, step: int, progress: float) -> None:
+        """Called after every optimizer step with the number of steps done and the fraction of the
+        schedule done (0..1]: the place for EMA targets, momentum or temperature schedules. State kept
+        here must live in registered modules or buffers, so it checkpoints and resumes with the run."""
 
     @torch.no_grad()
     def figures(self, batch: Batch) -> dict[str, Any]:
@@ -55,50 +62,32 @@ def register(name: str):
     return wrap
 
 
+def archs_with(capabilities: frozenset[str]) -> list[str]:
+    return sorted(a for a, spec in ENCODERS.items() if capabilities <= spec.capabilities)
+
+
 def parse_options(cfg: PretrainConfig) -> ObjectiveOptions:
     """Validate `objective:` against the named objective's schema; errors name objective.<key>."""
     name = cfg.objective.get("name")
     if name not in OBJECTIVES:
         raise ConfigError(f"invalid config: objective.name {name!r} is not one of {sorted(OBJECTIVES)}")
+    objective = OBJECTIVES[name]
     try:
-        options = OBJECTIVES[name].Options.model_validate(cfg.objective)
+        options = objective.Options.model_validate(cfg.objective)
     except ValidationError as e:
         text = format_validation_error(e, f"objective {name}")
         raise ConfigError(text.replace("\n  ", "\n  objective.")) from None
     arch = cfg.model.arch
-    if arch not in OBJECTIVES[name].archs:
-        raise ConfigError(f"invalid config: objective {name} trains model.arch "
-                          f"{' or '.join(OBJECTIVES[name].archs)}, not {arch}")
-    check = getattr(OBJECTIVES[name], "check_config", None)
+    missing = objective.requires - ENCODERS[arch].capabilities
+    if missing:
+        raise ConfigError(f"invalid config: objective {name} needs an encoder with {', '.join(sorted(missing))}; "
+                          f"model.arch {arch} has none (use {' or '.join(archs_with(objective.requires))})")
+    check = getattr(objective, "check_config", None)
     if check is not None:
         check(cfg, options)
     return options
 
 
-def vit_args(cfg: PretrainConfig) -> ViTArgs:
-    m = cfg.model
-    return ViTArgs(img_size=cfg.data.image_size, patch_size=m.patch_size, in_chans=cfg.data.channels,
-                   embed_dim=m.embed_dim, depth=m.depth, num_heads=m.num_heads, mlp_ratio=m.mlp_ratio,
-                   dropout=m.dropout, attn_dropout=m.attn_dropout, cls_token=m.cls_token,
-                   pos_embed=m.pos_embed, frames=m.frames, tubelet=m.tubelet)
-
-
-def encoder_args(cfg: PretrainConfig) -> ViTArgs | CNNArgs | SwinArgs:
-    """The constructor arguments of `model.arch`'s encoder, from the model and data sections."""
-    m, d = cfg.model, cfg.data
-    if m.arch == "vit":
-        return vit_args(cfg)
-    if m.arch == "cnn":
-        return CNNArgs(img_size=d.image_size, in_chans=d.channels, channels=list(m.cnn_channels), groups=m.cnn_groups)
-    return SwinArgs(img_size=d.image_size, in_chans=d.channels, patch_size=m.patch_size, embed_dim=m.embed_dim,
-                    depth=m.depth, num_heads=m.num_heads, window_size=m.swin_window, mlp_ratio=m.mlp_ratio,
-                    dropout=m.dropout, attn_dropout=m.attn_dropout)
-
-
-def build_encoder_from_config(cfg: PretrainConfig) -> nn.Module:
-    return make_encoder(cfg.model.arch, encoder_args(cfg).to_dict())
-
-
 def build_objective(cfg: PretrainConfig) -> Objective:
     options = parse_options(cfg)
-    return OBJECTIVES[options.name](build_encoder_from_config(cfg), options)
+    return OBJECTIVES[options.name](encoder_from_config(cfg.model, cfg.data), options)

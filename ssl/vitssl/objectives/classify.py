@@ -12,40 +12,28 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field
 from torch import nn
 from torchvision.transforms.v2 import functional as TF
 
+from vitssl.config.finetune import HeadOptions
 from vitssl.data.augment import RandAugmentDigits, chain
 from vitssl.data.clips import repeat_clip
-from vitssl.models import ViT
+from vitssl.models import Encoder
 from vitssl.objectives.base import Batch, Metrics, Objective, ObjectiveOptions, register
 from vitssl.objectives.mixup import mixup
 
 
-class ClassifyOptions(ObjectiveOptions):
+class ClassifyOptions(ObjectiveOptions, HeadOptions):
     name: Literal["classify"] = "classify"
-    num_classes: int = Field(3, ge=2)
-    pool: Literal["cls", "mean"] = "cls"
-    head_dropout: float = Field(0.0, ge=0, lt=1)
-    label_smoothing: float = Field(0.0, ge=0, lt=1)
-    augment: bool = False
-    augment_degrees: float = Field(10.0, ge=0)
-    augment_translate: float = Field(0.1, ge=0, lt=1)
-    augment_scale: tuple[float, float] = (0.9, 1.1)
-    randaugment: bool = False
-    randaugment_ops: int = Field(2, ge=1)
-    randaugment_magnitude: int = Field(9, ge=0, le=30)
-    mixup_alpha: float = Field(0.0, ge=0, description="Mixup lambda ~ Beta(alpha, alpha); 0 = off")
 
 
-def encoder_input(encoder: ViT, images: torch.Tensor) -> torch.Tensor:
+def encoder_input(encoder: Encoder, images: torch.Tensor) -> torch.Tensor:
     """Images (B, C, H, W) -> what the encoder takes: the same, or clips (B, C, T, H, W) of repeats."""
     frames = getattr(encoder.args, "frames", 1)  # only ViTs encode clips
     return images if frames == 1 else repeat_clip(images, frames)
 
 
-def pooled(encoder: ViT, images: torch.Tensor, pool: str = "cls") -> torch.Tensor:
+def pooled(encoder: Encoder, images: torch.Tensor, pool: str = "cls") -> torch.Tensor:
     """Images (B, C, H, W) -> (B, D): the encoder's own pooling ("cls": the CLS token when it has
     one), or "mean": the mean of the patch tokens (MAE fine-tunes this way; its CLS token gets no loss)."""
     features = encoder.forward_features(encoder_input(encoder, images))
@@ -77,9 +65,8 @@ class RandomAffine:
 @register("classify")
 class Classify(Objective):
     Options = ClassifyOptions
-    archs = ("vit", "cnn", "swin")
 
-    def __init__(self, encoder: ViT, options: ClassifyOptions):
+    def __init__(self, encoder: Encoder, options: ClassifyOptions):
         super().__init__()
         self.encoder = encoder
         self.options = options

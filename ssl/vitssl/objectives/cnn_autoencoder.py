@@ -9,6 +9,7 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
+from vitssl.models import FEATURE_MAP
 from vitssl.models.cnn import CNN, CNNDecoder
 from vitssl.objectives.base import Batch, Metrics, Objective, ObjectiveOptions, register
 from vitssl.tracking.plots import image_rows_figure
@@ -21,7 +22,7 @@ class CNNAutoencoderOptions(ObjectiveOptions):
 @register("cnn_autoencoder")
 class CNNAutoencoder(Objective):
     Options = CNNAutoencoderOptions
-    archs = ("cnn",)
+    requires = frozenset({FEATURE_MAP})
 
     def __init__(self, encoder: CNN, options: CNNAutoencoderOptions):
         super().__init__()

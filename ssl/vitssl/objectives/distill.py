@@ -4,10 +4,9 @@ The student (any registered encoder + linear head, i.e. a Classify model) learns
 teacher's logits: loss = T^2 * KL(softmax(teacher / T) || softmax(student / T)), batch mean.
 `forward` never reads `batch["label"]`.
 
-The teacher is held outside the module's registered children: it has no entry in parameters(),
-state_dict() or the optimizer, DDP neither syncs nor expects gradients for it (so
-find_unused_parameters=False holds), and checkpoints carry the student only. `_apply` forwards
-device/dtype moves to it, so `accelerator.prepare` places both on the same device.
+The teacher is a registered, frozen submodule: it moves with the student, checkpoints and resumes
+with the run, and, without gradients, is in no optimizer group and outside DDP's gradient sync (so
+find_unused_parameters=False holds). The exported encoder is the student's alone.
 """
 from __future__ import annotations
 
@@ -63,11 +62,7 @@ class Distill(Classify):
         if teacher.head.out_features != options.num_classes:
             raise ValueError(f"the teacher predicts {teacher.head.out_features} classes, the student "
                              f"{options.num_classes} (finetune.num_classes)")
-        object.__setattr__(self, "teacher", teacher)  # deliberately not a registered submodule
-
-    def _apply(self, fn, recurse: bool = True):
-        self.teacher._apply(fn, recurse)
-        return super()._apply(fn, recurse)
+        self.teacher = teacher
 
     def forward(self, batch: Batch) -> tuple[torch.Tensor, Metrics]:
         images = batch["image"]

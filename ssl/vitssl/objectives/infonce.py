@@ -17,7 +17,7 @@ from pydantic import Field
 from torch import nn
 
 from vitssl.data.views import TwoViews, ViewOptions
-from vitssl.models import ViT
+from vitssl.models import CLS_TOKEN, Encoder
 from vitssl.objectives.base import Batch, Metrics, Objective, ObjectiveOptions, register
 from vitssl.objectives.gather import gather_with_grad, rank
 
@@ -78,7 +78,7 @@ class ContrastiveBranch(nn.Module):
         self.options = options
         self.head = ProjectionHead(embed_dim, options.proj_hidden_dim, options.proj_dim)
 
-    def forward(self, encoder: ViT, view1: torch.Tensor, view2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, encoder: Encoder, view1: torch.Tensor, view2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         # One encoder pass over both views: half the kernel launches of two passes.
         pooled = encoder(torch.cat([view1, view2]))
         z = F.normalize(self.head(pooled).float(), dim=-1)
@@ -93,8 +93,9 @@ class InfoNCEOptions(ContrastiveOptions):
 @register("infonce")
 class InfoNCE(Objective):
     Options = InfoNCEOptions
+    requires = frozenset({CLS_TOKEN})
 
-    def __init__(self, encoder: ViT, options: InfoNCEOptions):
+    def __init__(self, encoder: Encoder, options: InfoNCEOptions):
         super().__init__()
         self.encoder = encoder
         self.options = options

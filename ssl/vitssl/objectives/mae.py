@@ -11,22 +11,33 @@ from typing import Literal
 
 import numpy as np
 import torch
-from pydantic import Field
+from pydantic import BaseModel, ConfigDict, Field
 
-from vitssl.models import MAEDecoder, ViT
+from vitssl.models import MASKED_TOKENS, MAEDecoder, ViT
 from vitssl.models.masking import mask_from_noise, patchify, unpatchify
 from vitssl.objectives.base import Batch, Metrics, Objective, ObjectiveOptions, register
 from vitssl.tracking.plots import image_rows_figure
 
 
-class MAEOptions(ObjectiveOptions):
-    name: Literal["mae"] = "mae"
+class ReconstructionOptions(BaseModel):
+    """Masking and decoder options shared by every masked-reconstruction objective (MAE, MAE+InfoNCE,
+    Video-MAE): declared once here, composed into each objective's options."""
+
+    model_config = ConfigDict(extra="forbid")
     mask_ratio: float = Field(0.75, gt=0, lt=1)
-    style: Literal["drop", "mask_token", "zero"] = "drop"
     norm_pix_loss: bool = False
     decoder_dim: int = Field(64, gt=0)
     decoder_depth: int = Field(2, ge=0)
     decoder_heads: int = Field(4, ge=1)
+
+    def mae_options(self) -> MAEOptions:
+        """The drop-style MAE these options describe (the branch MAE+InfoNCE and Video-MAE run)."""
+        return MAEOptions(style="drop", **self.model_dump(include=set(ReconstructionOptions.model_fields)))
+
+
+class MAEOptions(ObjectiveOptions, ReconstructionOptions):
+    name: Literal["mae"] = "mae"
+    style: Literal["drop", "mask_token", "zero"] = "drop"
 
 
 class MaskNoise:
@@ -54,6 +65,7 @@ def normalise_patches(target: torch.Tensor) -> torch.Tensor:
 @register("mae")
 class MAE(Objective):
     Options = MAEOptions
+    requires = frozenset({MASKED_TOKENS})
 
     def __init__(self, encoder: ViT, options: MAEOptions):
         super().__init__()

@@ -22,27 +22,17 @@ import torch
 from pydantic import Field
 
 from vitssl.data.views import TwoViews
-from vitssl.models import ViT
+from vitssl.models import CLS_TOKEN, MASKED_TOKENS, ViT
 from vitssl.objectives.base import Batch, Metrics, Objective, register
 from vitssl.objectives.infonce import ContrastiveBranch, ContrastiveOptions, check_views
-from vitssl.objectives.mae import MAE, MAEOptions, MaskNoise
+from vitssl.objectives.mae import MAE, MaskNoise, ReconstructionOptions
 
 
-class MAEInfoNCEOptions(ContrastiveOptions):
+class MAEInfoNCEOptions(ContrastiveOptions, ReconstructionOptions):
     name: Literal["mae_infonce"] = "mae_infonce"
     mae_weight: float = Field(0.8, ge=0)
     infonce_weight: float = Field(0.2, ge=0)
     mae_input: Literal["view1", "image"] = "view1"
-    mask_ratio: float = Field(0.75, gt=0, lt=1)
-    norm_pix_loss: bool = False
-    decoder_dim: int = Field(64, gt=0)
-    decoder_depth: int = Field(2, ge=0)
-    decoder_heads: int = Field(4, ge=1)
-
-    def mae_options(self) -> MAEOptions:
-        return MAEOptions(mask_ratio=self.mask_ratio, style="drop", norm_pix_loss=self.norm_pix_loss,
-                          decoder_dim=self.decoder_dim, decoder_depth=self.decoder_depth,
-                          decoder_heads=self.decoder_heads)
 
 
 class _Both:
@@ -58,6 +48,7 @@ class _Both:
 @register("mae_infonce")
 class MAEInfoNCE(Objective):
     Options = MAEInfoNCEOptions
+    requires = frozenset({MASKED_TOKENS, CLS_TOKEN})
 
     def __init__(self, encoder: ViT, options: MAEInfoNCEOptions):
         super().__init__()

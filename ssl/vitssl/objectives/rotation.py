@@ -32,7 +32,6 @@ class RotationOptions(ObjectiveOptions):
 @register("rotation")
 class Rotation(Objective):
     Options = RotationOptions
-    archs = ("cnn", "vit", "swin")
 
     def __init__(self, encoder: nn.Module, options: RotationOptions):
         super().__init__()

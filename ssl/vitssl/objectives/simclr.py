@@ -18,4 +18,4 @@ class SimCLROptions(ContrastiveOptions):
 @register("simclr")
 class SimCLR(InfoNCE):
     Options = SimCLROptions
-    archs = ("cnn", "vit", "swin")
+    requires = frozenset()  # any encoder: the pooled embedding, not a CLS token

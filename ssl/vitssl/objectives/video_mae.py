@@ -19,25 +19,21 @@ import torch
 from pydantic import Field
 
 from vitssl.data.clips import MovingClip
-from vitssl.models import ViT
+from vitssl.models import CLIPS, MASKED_TOKENS, ViT
 from vitssl.models.masking import mask_from_noise, num_visible, patchify, tube_noise, unpatchify_clip
 from vitssl.objectives.base import Batch, Metrics, Objective, ObjectiveOptions, register
-from vitssl.objectives.mae import MAE, MAEOptions, masked_mean, normalise_patches
+from vitssl.objectives.mae import MAE, ReconstructionOptions, masked_mean, normalise_patches
 from vitssl.tracking.plots import image_rows_figure
 
 
-class VideoMAEOptions(ObjectiveOptions):
+class VideoMAEOptions(ObjectiveOptions, ReconstructionOptions):
     name: Literal["video_mae"] = "video_mae"
-    mask_ratio: float = Field(0.9, gt=0, lt=1)
+    mask_ratio: float = Field(0.9, gt=0, lt=1)  # higher than images': neighbouring frames are redundant
     masking: Literal["tube", "random"] = "tube"
     loss: Literal["l1", "l2"] = "l1"
-    norm_pix_loss: bool = False
     clip: Literal["repeat", "moving"] = "moving"
     max_speed: float = Field(2.0, ge=0, description="moving clips: pixels per frame")
     max_spin: float = Field(10.0, ge=0, description="moving clips: degrees per frame")
-    decoder_dim: int = Field(64, gt=0)
-    decoder_depth: int = Field(2, ge=0)
-    decoder_heads: int = Field(4, ge=1)
 
 
 class ClipAndNoise:
@@ -58,12 +54,12 @@ class ClipAndNoise:
 @register("video_mae")
 class VideoMAE(Objective):
     Options = VideoMAEOptions
+    requires = frozenset({MASKED_TOKENS, CLIPS})
 
     def __init__(self, encoder: ViT, options: VideoMAEOptions):
         super().__init__()
         self.options = options
-        self.mae = MAE(encoder, MAEOptions(mask_ratio=options.mask_ratio, style="drop", decoder_dim=options.decoder_dim,
-                                           decoder_depth=options.decoder_depth, decoder_heads=options.decoder_heads))
+        self.mae = MAE(encoder, options.mae_options())
         self.slots, g = encoder.patch_embed.grid[0], encoder.patch_embed.grid[1]
         self.spatial = g * g
 

@@ -80,10 +80,6 @@ class MlflowRun:
         now = int(time.time() * 1000)
         self._client.log_batch(self.run_id, metrics=[Metric(k, float(v), now, step) for k, v in metrics.items()])
 
-    def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
-        if self.enabled:
-            self._client.log_artifact(self.run_id, str(path), artifact_path)
-
     def log_text(self, text: str, artifact_file: str) -> None:
         if self.enabled:
             self._client.log_text(self.run_id, text, artifact_file)
@@ -97,6 +93,13 @@ class MlflowRun:
             figure.savefig(path, dpi=100, bbox_inches="tight")
             parent = str(Path(artifact_file).parent)
             self._client.log_artifact(self.run_id, str(path), None if parent == "." else parent)
+
+    def last_step(self, keys: tuple[str, ...]) -> int:
+        """The highest step logged for any of `keys` (-1 if none): a resumed run logs only later steps."""
+        if not self.enabled or not self.run_id:
+            return -1
+        steps = [m.step for k in keys for m in self._client.get_metric_history(self.run_id, k)]
+        return max(steps, default=-1)
 
     def end(self, status: str = "FINISHED") -> None:
         if self.enabled and self.run_id:

@@ -1,0 +1,154 @@
+"""The pretrained encoder a fine-tune starts from: find it, rebuild it, load exactly its weights.
+
+resolve_pretrained:  `finetune.pretrained` (run id, runs:/<id>, checkpoint folder, pretrain output
+                     dir, none) -> the checkpoint folder, its pretrain run and experiment.
+load_encoder:        rebuild the encoder (any registered arch) from the saved arguments and load
+                     exactly its weights.
+load_teacher:        a fine-tuned classifier, frozen, for label-free distillation.
+"""
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from vitssl.config import ConfigError
+from vitssl.config.finetune import FinetuneConfig
+from vitssl.engine.checkpoint import ENCODER_FILE, TRAINER_STATE, latest_checkpoint
+from vitssl.models import encoder_from_config, encoder_from_export
+from vitssl.objectives.distill import FrozenClassifier
+from vitssl.tracking import resolve_tracking_uri
+
+RUN_ID = re.compile(r"^[0-9a-f]{32}$")
+
+
+class PretrainedError(ConfigError):
+    """`finetune.pretrained` does not name a usable encoder; the message says why."""
+
+
+@dataclass
+class Pretrained:
+    folder: Path | None  # None: from scratch
+    run_id: str | None = None  # the pretraining MLflow run, when known
+    experiment: str | None = None  # its experiment's name, when the run is in this tracking store
+    objective: str = "none"
+
+
+def _run_of(client, run_id: str, spec: str):
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client.get_run(run_id)
+    except MlflowException:
+        raise PretrainedError(f"finetune.pretrained={spec!r}: no MLflow run {run_id} in the tracking store "
+                              f"{client.tracking_uri}") from None
+
+
+def resolve_pretrained(spec: str, tracking_uri: str | None) -> Pretrained:
+    """Find the checkpoint folder that `finetune.pretrained` names (see FinetuneOptions.pretrained)."""
+    if spec == "none":
+        return Pretrained(None)
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=resolve_tracking_uri(tracking_uri))
+    path = Path(spec)
+    if path.is_dir():
+        folder = path if (path / ENCODER_FILE).is_file() else latest_checkpoint(path)
+        if folder is None:
+            raise PretrainedError(
+                f"finetune.pretrained={spec!r} is neither a checkpoint folder (with {ENCODER_FILE}) nor a pretrain "
+                f"output dir holding complete checkpoint-* folders")
+        run_id = None
+        if (folder / TRAINER_STATE).is_file():
+            run_id = json.loads((folder / TRAINER_STATE).read_text()).get("mlflow_run_id")
+        experiment = None
+        if run_id:
+            try:
+                experiment = client.get_experiment(client.get_run(run_id).info.experiment_id).name
+            except Exception:  # the run lives in another store: keep its id, use run.experiment
+                pass
+        return Pretrained(folder, run_id, experiment, _objective(folder))
+    run_id = spec[len("runs:/"):].strip("/").split("/")[0] if spec.startswith("runs:/") else spec
+    if not RUN_ID.match(run_id):
+        raise PretrainedError(f"finetune.pretrained={spec!r}: no such folder, and not an MLflow run id "
+                              f"(32 hex digits or runs:/<id>); use none to train from scratch")
+    run = _run_of(client, run_id, spec)
+    ckpt = run.data.tags.get("checkpoint")
+    if not ckpt:
+        raise PretrainedError(f"finetune.pretrained={spec!r}: run {run_id} has no 'checkpoint' tag (not a "
+                              f"finished vitssl pretrain run? status {run.info.status})")
+    folder = Path(ckpt)
+    if not (folder / ENCODER_FILE).is_file():
+        raise PretrainedError(f"finetune.pretrained={spec!r}: run {run_id} points at {folder}, which has no "
+                              f"{ENCODER_FILE} (moved or deleted?)")
+    experiment = client.get_experiment(run.info.experiment_id).name
+    return Pretrained(folder, run_id, experiment, run.data.tags.get("vitssl.objective") or _objective(folder))
+
+
+def _objective(folder: Path) -> str:
+    try:
+        return str(torch.load(folder / ENCODER_FILE, map_location="cpu", weights_only=True).get("objective"))
+    except Exception:
+        return "unknown"
+
+
+def load_encoder_weights(encoder: torch.nn.Module, state_dict: dict[str, torch.Tensor], source: str) -> None:
+    """Load every encoder weight, strictly: missing, unexpected or mis-shaped keys are one error listing them."""
+    own = encoder.state_dict()
+    missing = sorted(set(own) - set(state_dict))
+    unexpected = sorted(set(state_dict) - set(own))
+    shapes = sorted(f"{k}: checkpoint {tuple(state_dict[k].shape)} vs encoder {tuple(own[k].shape)}"
+                    for k in set(own) & set(state_dict) if own[k].shape != state_dict[k].shape)
+    if missing or unexpected or shapes:
+        parts = [f"{name} ({len(keys)}): {', '.join(keys[:12])}{' ...' if len(keys) > 12 else ''}"
+                 for name, keys in (("missing", missing), ("unexpected", unexpected), ("shape mismatch", shapes))
+                 if keys]
+        raise PretrainedError(f"the encoder weights in {source} do not fit the encoder its arguments describe "
+                              f"(another architecture?):\n  " + "\n  ".join(parts))
+    encoder.load_state_dict(state_dict, strict=True)
+
+
+def load_encoder(folder: Path) -> tuple[torch.nn.Module, dict]:
+    """Rebuild the encoder from `encoder.pt`'s saved arch and arguments and load exactly its weights."""
+    path = folder / ENCODER_FILE
+    if not path.is_file():
+        raise PretrainedError(f"{folder} has no {ENCODER_FILE}: not a vitssl checkpoint folder")
+    try:
+        export = torch.load(path, map_location="cpu", weights_only=True)
+        encoder = encoder_from_export(export)
+        state_dict = export["state_dict"]
+    except Exception as e:  # unpickling, a missing key, an unknown arch or argument: all mean "not an export"
+        raise PretrainedError(f"{path} is not a vitssl encoder export ({type(e).__name__}: {e})") from None
+    load_encoder_weights(encoder, state_dict, str(path))
+    return encoder, export
+
+
+def load_teacher(spec: str, tracking_uri: str | None) -> FrozenClassifier:
+    """A fine-tuned classifier, frozen, as a distillation teacher. `spec` names its checkpoint as
+    `finetune.pretrained` does; the export must hold the head (a finetune.mode=finetune run)."""
+    found = resolve_pretrained(spec, tracking_uri)
+    if found.folder is None:
+        raise PretrainedError("finetune.teacher=none: distillation needs a fine-tuned classifier checkpoint")
+    encoder, export = load_encoder(found.folder)
+    if "head" not in export:
+        raise PretrainedError(f"finetune.teacher={spec!r}: {found.folder} holds an encoder without a classifier "
+                              f"head (a pretraining checkpoint?); use a finetune.mode=finetune run")
+    weight = export["head"]["weight"]
+    head = torch.nn.Linear(weight.shape[1], weight.shape[0])
+    head.load_state_dict(export["head"])
+    return FrozenClassifier(encoder, head, export.get("config", {}).get("finetune", {}).get("pool", "cls"))
+
+
+def build_encoder(cfg: FinetuneConfig, pretrained: Pretrained) -> torch.nn.Module:
+    if pretrained.folder is None:
+        return encoder_from_config(cfg.model, cfg.data)
+    encoder, _ = load_encoder(pretrained.folder)
+    a, d = encoder.args, cfg.data
+    if (a.img_size, a.in_chans) != (d.image_size, d.channels):
+        raise PretrainedError(f"the encoder in {pretrained.folder} takes {a.in_chans}x{a.img_size}x{a.img_size} "
+                              f"images, data gives {d.channels}x{d.image_size}x{d.image_size} "
+                              f"(data.image_size / data.channels)")
+    return encoder

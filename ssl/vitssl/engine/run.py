@@ -1,0 +1,118 @@
+"""The skeleton every run shares: pretraining, fine-tuning, linear probing and kNN.
+
+    with RunSession(cfg, experiment, run_name, tags) as run:   # accelerator, seed, output folder + config
+        run.start_tracking(params)                              # or, to train:
+        fit = run.fit(model, export, ...)                       # plan, optimizer, trainer, resume, fit
+
+Leaving the block sets the MLflow run's final status (FINISHED, KILLED after a stop request, FAILED
+on an exception) and waits for every process. Each run type only says what differs: its model,
+its export, its tags and what it reports.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Callable
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+
+from vitssl.config import ConfigError, flatten, to_yaml
+from vitssl.engine.builders import build_accelerator, build_optimizer
+from vitssl.engine.checkpoint import CONFIG_FILE, TRAINER_STATE, Checkpointer, latest_checkpoint
+from vitssl.engine.plan import TrainingPlan, make_training_plan
+from vitssl.engine.trainer import FitResult, Trainer, TrainerOptions
+from vitssl.tracking import MlflowRun, git_commit
+
+
+def resume_folder(cfg, root: Path) -> Path | None:
+    mode = cfg.run.resume
+    if mode == "never":
+        return None
+    if mode == "auto":
+        return latest_checkpoint(root)
+    folder = Path(mode)
+    if not (folder / TRAINER_STATE).is_file():
+        raise ConfigError(f"run.resume={mode!r}: not a complete checkpoint folder (no {TRAINER_STATE}); "
+                          "use auto, never, or the path of a checkpoint-* folder")
+    return folder
+
+
+def common_tags(accelerator: Accelerator) -> dict[str, str]:
+    return {"git_commit": git_commit(), "world_size": str(accelerator.num_processes),
+            "precision": str(accelerator.mixed_precision), "device": str(accelerator.device),
+            "distributed_type": str(accelerator.distributed_type), "torch": torch.__version__,
+            "command": " ".join(sys.argv)}
+
+
+class RunSession:
+    def __init__(self, cfg, experiment: str, run_name: str, tags: dict[str, str],
+                 accelerator: Accelerator | None = None):
+        self.cfg = cfg
+        self.accelerator = accelerator or build_accelerator(cfg.run, cfg.data.batch_size)
+        set_seed(cfg.run.seed)  # same initial weights on every process
+        self.out_dir = Path(cfg.run.resolved_output_dir())
+        self.run_name = run_name
+        self.tags = tags | common_tags(self.accelerator)
+        if cfg.run.parent_run_id and "mlflow.parentRunId" not in tags:
+            self.tags["mlflow.parentRunId"] = cfg.run.parent_run_id
+        self.tags |= cfg.run.tags
+        self.tracker = MlflowRun(self.accelerator.is_main_process, cfg.run.tracking_uri, experiment)
+        self.trainer: Trainer | None = None
+        self.interrupted = False
+
+    @property
+    def is_main(self) -> bool:
+        return self.accelerator.is_main_process
+
+    def __enter__(self) -> RunSession:
+        self.resume = resume_folder(self.cfg, self.out_dir)  # a bad run.resume fails before anything is written
+        if self.is_main:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            (self.out_dir / CONFIG_FILE).write_text(to_yaml(self.cfg))
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is not None:
+            self.tracker.end("FAILED")
+            return
+        self.tracker.end("KILLED" if self.interrupted else "FINISHED")
+        self.accelerator.wait_for_everyone()
+
+    def start_tracking(self, params: dict, run_id: str | None = None) -> str | None:
+        """Create (or reopen, on resume) the MLflow run; a new run gets the config as params and artifact."""
+        run_id_now = self.tracker.start(self.run_name, self.tags, run_id=run_id)
+        if run_id is None and self.is_main:
+            self.tracker.log_params(flatten(self.cfg.model_dump(mode="json")) | params)
+            self.tracker.log_text(to_yaml(self.cfg), CONFIG_FILE)
+        return run_id_now
+
+    def fit(self, model: torch.nn.Module, export: Callable[[torch.nn.Module], dict], describe: str,
+            lr_scale: dict[str, float] | None = None, figure_batch: dict | None = None) -> FitResult:
+        """Plan, optimizer, trainer, resume, tracking, fit. `export`: unwrapped model -> encoder export."""
+        cfg, acc = self.cfg, self.accelerator
+        plan: TrainingPlan = make_training_plan(cfg, acc, model.sample_transform())
+        sch = plan.schedule
+        optimizer = build_optimizer(model, cfg.optim, sch.peak_lr, lr_scale)
+        checkpointer = Checkpointer(self.out_dir, cfg.run.checkpoint_every, cfg.run.keep_checkpoints, export,
+                                    to_yaml(cfg))
+        trainer = self.trainer = Trainer(acc, model, optimizer, plan, self.tracker, checkpointer,
+                                         TrainerOptions.from_run(cfg.run), figure_batch)
+        folder = self.resume
+        if folder is not None:
+            trainer.resume_from(folder)
+            acc.print(f"resumed from {folder} (epoch {trainer.state.epoch}, step {trainer.state.step})")
+        resumed_run = trainer.state.mlflow_run_id
+        trainer.state.mlflow_run_id = self.start_tracking(
+            {"derived.global_batch": plan.global_batch, "derived.peak_lr": sch.peak_lr,
+             "derived.steps_per_epoch": sch.steps_per_epoch, "derived.world_size": acc.num_processes},
+            run_id=resumed_run)
+        if resumed_run is not None:
+            trainer.logged_through = self.tracker.last_step(("loss", "epoch_loss"))
+        acc.print(f"{describe}: {acc.num_processes} process(es) on {acc.device}, precision {acc.mixed_precision}, "
+                  f"global batch {plan.global_batch}, {plan.lr_rule}, {sch.steps_per_epoch} steps/epoch x "
+                  f"{cfg.run.epochs} epochs")
+        result = trainer.fit()
+        self.interrupted = result.interrupted
+        return result
