@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -67,7 +68,8 @@ def build_jobs(args, out: Path, configs: Path, common: list[str], splits: list[s
     finetune_yaml = str(configs / "finetune.yaml")
     engine_options = [f"finetune.eval_splits=[{','.join(splits)}]"]
     fig_off = ["run.figure_every=0"]  # the objectives' figures cost as much as the training steps here
-    if "val" in splits and not (out / "runs" / "pixels_svm_rbf-s0" / "eval_metrics.json").is_file():
+    if (args.pixel_baselines and "val" in splits
+            and not (out / "runs" / "pixels_svm_rbf-s0" / "eval_metrics.json").is_file()):
         jobs.append(Job("pixel baselines", stages.pixel_baselines, dict(
             shards=str(Path(args.shards).resolve()), tracking_uri=uri, experiment=args.experiment,
             parent_run_id=parent, seed=0, out=str(out / "runs"),
@@ -143,6 +145,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--jobs", type=int, default=None, help="concurrent stages (default: CPU cores, or GPUs)")
     parser.add_argument("--extra-data", action="store_true",
                         help="also pretrain on the shards' 'unlabeled' split (label-free extra data), its own rows")
+    parser.add_argument("--pixel-baselines", action=argparse.BooleanOptionalAction, default=True,
+                        help="fit logistic regression and an RBF SVM on raw pixels (needs a val split; an SVM "
+                             "grid on tens of thousands of images takes long: --no-pixel-baselines)")
     parser.add_argument("--pretrained-dir", default=None,
                         help="where the pretrainings live (default <out>/runs): evaluate another study's encoders "
                              "on other shards, say with fewer labels; finished ones are not rerun")
@@ -172,6 +177,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     slots = plan_slots(args.jobs)
+    os.environ["TQDM_DISABLE"] = "1"  # the workers' progress bars; tqdm reads it when imported
     print(f"study run {parent}: {len(jobs)} stages on {slots.workers} worker(s) x {slots.threads} thread(s)"
           f"{' (one GPU each)' if slots.gpus else ''}; evaluated on {', '.join(splits)}; logs in {out}/logs",
           flush=True)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import time
 from pathlib import Path
 
@@ -21,9 +20,8 @@ def split_count(shards: str | Path, split: str) -> int:
 
 @contextlib.contextmanager
 def _logged(log: str | Path):
-    """Send the stage's prints (and its progress bars: off) to its own log file."""
+    """Send the stage's prints to its own log file."""
     Path(log).parent.mkdir(parents=True, exist_ok=True)
-    os.environ["TQDM_DISABLE"] = "1"
     with open(log, "w") as f, contextlib.redirect_stdout(f), contextlib.redirect_stderr(f):
         yield
 
