@@ -52,7 +52,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--digits", default="0,1,2", help="e.g. 0,1,2 or 0-9")
     p.add_argument("--unlabeled-rest", action="store_true",
                    help="also a split 'unlabeled' for pretraining: every training-pool image of all ten "
-                        "digits that is not in the test split, labels withheld")
+                        "digits that is in no evaluation split (test, val, test_large), labels withheld")
+    p.add_argument("--val-per-class", type=_positive, default=None,
+                   help="also a split 'val' of N images per class (every tuning choice is made on it)")
+    p.add_argument("--large-test-rest", action="store_true",
+                   help="also a split 'test_large': every image of the chosen digits left over by the "
+                        "other splits (embedded: the test pool otherwise)")
     _add_common(p, "100")
     p = sub.add_parser("tiny-imagenet", help="Tiny ImageNet 200 (val becomes split 'test')")
     p.add_argument("--source", required=True, type=Path, help="tiny-imagenet-200.zip or the extracted folder")
@@ -95,10 +100,11 @@ def run(argv: list[str]) -> str:
         digits = mnist.parse_digits(args.digits)
         pools, source = mnist.load_source(args.source)
         splits = mnist.build_splits(pools, digits, _none_if_all(train), _none_if_all(test), args.seed,
-                                    args.unlabeled_rest)
+                                    args.unlabeled_rest, args.val_per_class or 0, args.large_test_rest)
         options.update(source=args.source, digits=digits)
-        if args.unlabeled_rest:  # only when set, so existing manifests stay byte-identical
-            options["unlabeled_rest"] = True
+        # each only when set, so existing manifests stay byte-identical
+        options |= {k: v for k, v in (("unlabeled_rest", args.unlabeled_rest), ("val_per_class", args.val_per_class),
+                                      ("large_test_rest", args.large_test_rest)) if v}
         fields = {"source": source, "image": {"height": 28, "width": 28, "channels": 1, "format": "png"},
                   "classes": [str(d) for d in digits]}
     else:

@@ -75,7 +75,7 @@ def run_tags(cfg: FinetuneConfig, pretrained: Pretrained) -> dict[str, str]:
             "vitssl.objective": pretrained.objective, "vitssl.pretrain_run_id": pretrained.run_id or "none",
             "vitssl.seed": str(cfg.run.seed), "vitssl.pretrained_source": pretrained.source,
             "vitssl.teacher": cfg.finetune.teacher}
-    parent = pretrained.run_id or cfg.run.parent_run_id
+    parent = cfg.run.parent_run_id or pretrained.run_id  # a study's stages are all its children
     if parent:
         tags["mlflow.parentRunId"] = parent
     return tags
