@@ -30,7 +30,6 @@ from vitssl.engine.checkpoint import (
 from vitssl.engine.lock import lock_run_folder
 from vitssl.engine.plan import TrainingPlan, make_training_plan
 from vitssl.engine.trainer import FitResult, Trainer, TrainerOptions
-from vitssl.tracking import git_commit
 from vitssl.tracking.buffered import BufferedRun
 from vitssl.tracking.lineage import log_run_lineage, source_tags
 from vitssl.tracking.system_metrics import SystemMetrics
