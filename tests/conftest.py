@@ -8,10 +8,14 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 from pathlib import Path
 
 import pytest
+import torch
 
 from data_prep.cli import main as data_prep_main
 
 ROOT = Path(__file__).resolve().parents[1]
+# The models under test are tiny: one thread is as fast, and more only fight over a loaded machine's
+# cores (subprocess launches get --num_cpu_threads_per_process 1 likewise).
+torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")

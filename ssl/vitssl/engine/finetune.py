@@ -33,6 +33,7 @@ class FinetuneResult:
     run_id: str | None
     metrics: dict[str, float] = field(default_factory=dict)
     checkpoint: Path | None = None
+    interrupted: bool = False  # stopped by SIGTERM/SIGINT after a checkpoint
 
 
 def class_names(cfg: FinetuneConfig) -> list[str]:
@@ -74,7 +75,7 @@ def run_tags(cfg: FinetuneConfig, pretrained: Pretrained) -> dict[str, str]:
             "vitssl.objective": pretrained.objective, "vitssl.pretrain_run_id": pretrained.run_id or "none",
             "vitssl.seed": str(cfg.run.seed), "vitssl.pretrained_source": pretrained.source,
             "vitssl.teacher": cfg.finetune.teacher}
-    parent = pretrained.run_id or cfg.run.parent_run_id
+    parent = cfg.run.parent_run_id or pretrained.run_id  # a study's stages are all its children
     if parent:
         tags["mlflow.parentRunId"] = parent
     return tags
@@ -98,7 +99,7 @@ def _finetune(run: RunSession, cfg: FinetuneConfig, encoder, pretrained: Pretrai
     t0 = time.perf_counter()
     fit = run.fit(model, export, f"finetune {pretrained.objective} encoder (layer decay {ft.layer_decay})",
                   lr_scale=lr_scale)
-    result = FinetuneResult(fit.state.mlflow_run_id, checkpoint=fit.checkpoint)
+    result = FinetuneResult(fit.state.mlflow_run_id, checkpoint=fit.checkpoint, interrupted=fit.interrupted)
     if fit.interrupted:
         return result
     net = run.accelerator.unwrap_model(run.trainer.model)

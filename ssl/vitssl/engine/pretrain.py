@@ -23,7 +23,7 @@ def run_pretrain(cfg: PretrainConfig) -> FitResult:
     with session as run:
         objective = build_objective(cfg)
         figure_batch = None
-        if run.is_main and cfg.run.figure_every:
+        if cfg.run.figure_every:  # on every process: under ZeRO-3 all of them join the figures' forward
             figure_batch = next(iter(make_eval_loader(cfg.data.shards, cfg.data.eval_split, batch_size=8,
                                                       transform=objective.sample_transform(),
                                                       check_sha=cfg.data.check_sha)))
@@ -35,7 +35,10 @@ def run_pretrain(cfg: PretrainConfig) -> FitResult:
         run.trainer.log_curves()
         if run.is_main and result.checkpoint is not None:
             run.tracker.set_tags({"checkpoint": str(result.checkpoint.resolve())})
-            if run.tracker.enabled and not result.interrupted:
+            if run.tracker.offline:
+                run.accelerator.print("warning: tracking server unreachable: the encoder was not logged to "
+                                      f"MLflow; it is in {result.checkpoint / ENCODER_FILE}")
+            elif run.tracker.enabled and not result.interrupted:
                 # the final checkpoint's export: an MLflow handoff loads the same bytes as a local-path one
                 export = torch.load(result.checkpoint / ENCODER_FILE, map_location="cpu", weights_only=True)
                 logged = log_encoder(run.tracker.tracking_uri, result.state.mlflow_run_id, export,

@@ -20,10 +20,17 @@ from accelerate.utils import set_seed
 
 from vitssl.config import ConfigError, flatten, to_yaml
 from vitssl.engine.builders import build_accelerator, build_optimizer
-from vitssl.engine.checkpoint import CONFIG_FILE, TRAINER_STATE, Checkpointer, latest_checkpoint
+from vitssl.engine.checkpoint import (
+    CONFIG_FILE,
+    TRAINER_STATE,
+    Checkpointer,
+    latest_checkpoint,
+    remove_partial,
+)
+from vitssl.engine.lock import lock_run_folder
 from vitssl.engine.plan import TrainingPlan, make_training_plan
 from vitssl.engine.trainer import FitResult, Trainer, TrainerOptions
-from vitssl.tracking import MlflowRun
+from vitssl.tracking.buffered import BufferedRun
 from vitssl.tracking.lineage import log_run_lineage, source_tags
 from vitssl.tracking.system_metrics import SystemMetrics
 
@@ -62,7 +69,9 @@ class RunSession:
         self.tags |= cfg.run.tags
         if self.is_main:  # + mlflow.user, mlflow.source.* (git commit), as mlflow.start_run would set them
             self.tags = source_tags(self.tags)
-        self.tracker = MlflowRun(self.accelerator.is_main_process, cfg.run.tracking_uri, experiment)
+        self.tracker = BufferedRun(self.accelerator.is_main_process, cfg.run.tracking_uri, experiment, self.out_dir,
+                                   required=cfg.run.tracking_required)
+        self.lock = None
         self.system_metrics = SystemMetrics(cfg.run.system_metrics and self.tracker.enabled,
                                             self.tracker.tracking_uri)
         # a new run's dataset inputs, (context, split) pairs of cfg.data.shards, and more lineage to log
@@ -77,18 +86,25 @@ class RunSession:
 
     def __enter__(self) -> RunSession:
         self.resume = resume_folder(self.cfg, self.out_dir)  # a bad run.resume fails before anything is written
+        self.lock = lock_run_folder(self.accelerator, self.out_dir)  # one owner per folder, before any write
         if self.is_main:
-            self.out_dir.mkdir(parents=True, exist_ok=True)
+            remove_partial(self.out_dir)  # ours now: what a killed save left is garbage
             (self.out_dir / CONFIG_FILE).write_text(to_yaml(self.cfg))
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
-        self.system_metrics.stop()
-        if exc_type is not None:
-            self.tracker.end("FAILED")
-            return
-        self.tracker.end("KILLED" if self.interrupted else "FINISHED")
-        self.accelerator.wait_for_everyone()
+        try:
+            self.system_metrics.stop()
+            if exc_type is not None:
+                if getattr(self.trainer, "bar", None) is not None:
+                    self.trainer.bar.close()  # so the error line that follows starts a line of its own
+                self.tracker.end("FAILED")
+                return
+            self.tracker.end("KILLED" if self.interrupted else "FINISHED")
+            self.accelerator.wait_for_everyone()
+        finally:
+            if self.lock is not None:
+                self.lock.release()
 
     def start_tracking(self, params: dict, run_id: str | None = None) -> str | None:
         """Create (or reopen, on resume) the MLflow run; a new run gets the config as params and artifact."""
@@ -96,8 +112,11 @@ class RunSession:
         if run_id is None and self.tracker.enabled:
             self.tracker.log_params(flatten(self.cfg.model_dump(mode="json")) | params)
             self.tracker.log_text(to_yaml(self.cfg), CONFIG_FILE)
-            log_run_lineage(self.tracker.tracking_uri, run_id_now, self.accelerator, self.cfg.data.shards,
-                            self.inputs)
+            if self.tracker.offline:  # lineage goes straight to the server: log it on a later start
+                print("warning: tracking server unreachable; dataset inputs and lineage not logged for this run")
+            else:
+                log_run_lineage(self.tracker.tracking_uri, run_id_now, self.accelerator, self.cfg.data.shards,
+                                self.inputs)
             if self.on_new_run is not None:
                 self.on_new_run(run_id_now)
         self.system_metrics.start(run_id_now, resumed=run_id is not None)
