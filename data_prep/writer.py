@@ -25,7 +25,7 @@ from data_prep.errors import DataPrepError
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 TMP_PREFIX = ".tmp-"
-SHARD_RE = re.compile(r"^(?P<split>[a-z]+)-\d{6}\.tar$")
+SHARD_RE = re.compile(r"^(?P<split>[a-z_]+)-\d{6}\.tar$")
 # Manifest fields that identify the content; "command" is left out so that spelling the same
 # options differently still counts as up to date.
 IDENTITY_KEYS = ("format_version", "dataset", "source", "options", "image", "classes")

@@ -1,7 +1,8 @@
 """Fine-tune, linear-probe or kNN-evaluate a pretrained encoder on the labelled split; report on the test split.
 
     accelerate launch [--config_file ...] launch/finetune.py --config configs/mnist012/finetune.yaml \
-        finetune.pretrained=<run id | runs:/<id> | checkpoint folder | pretrain output dir | none> \
+        finetune.pretrained=<runs:/<id> | models:/<name>/<version|alias> | models:/<model_id> | run id
+                             | checkpoint folder | pretrain output dir | none> \
         finetune.mode=finetune|linear|knn [key.sub=value ...]
 """
 from __future__ import annotations

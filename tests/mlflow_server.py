@@ -1,4 +1,8 @@
-"""A real `mlflow server` on 127.0.0.1 for integration tests."""
+"""A real `mlflow server` on 127.0.0.1 for integration tests.
+
+It proxies artifacts (`--serve-artifacts` into `--artifacts-destination`): runs get `mlflow-artifacts:/`
+URIs and clients upload and download through the server, needing only its URL, as on a cluster.
+"""
 from __future__ import annotations
 
 import subprocess
@@ -30,7 +34,8 @@ def start_server(root: Path, port: int) -> subprocess.Popen:
     mlflow_bin = str(Path(sys.executable).with_name("mlflow"))
     return subprocess.Popen(
         [mlflow_bin, "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-         "--backend-store-uri", f"sqlite:///{root / 'server.db'}", "--artifacts-destination", str(root / "artifacts")],
+         "--backend-store-uri", f"sqlite:///{root / 'server.db'}", "--serve-artifacts",
+         "--artifacts-destination", str(root / "artifacts")],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
         start_new_session=True)  # its own process group: the server and its uvicorn workers die together
 

@@ -54,6 +54,7 @@ def test_missing_file_and_non_mapping(tmp_path):
         load_config(PretrainConfig, bad)
 
 
+@pytest.mark.slow
 def test_entry_point_rejects_bad_config_before_work(tmp_path):
     out = subprocess.run([sys.executable, str(ROOT / "launch/pretrain.py"), "--config", str(MAE_YAML),
                           "optim.wd=1", f"run.output_dir={tmp_path}/run"],

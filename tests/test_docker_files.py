@@ -18,6 +18,7 @@ from mlflow_server import wait_healthy
 DOCKER = Path(__file__).resolve().parents[1] / "docker"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dockerfile", ["Dockerfile", "mlflow.Dockerfile"])
 def test_dockerfile_passes_hadolint(dockerfile):
     beside_python = Path(sys.executable).with_name("hadolint")
@@ -28,6 +29,7 @@ def test_dockerfile_passes_hadolint(dockerfile):
     assert out.returncode == 0, out.stdout + out.stderr
 
 
+@pytest.mark.slow
 def test_compose_file_is_valid():
     compose = shutil.which("docker-compose")
     if compose is None:

@@ -25,6 +25,8 @@ class DataConfig(Section):
     shuffle: bool = True
     shuffle_buffer: int = Field(1000, ge=0)
     check_sha: bool = True
+    streams: int | None = Field(None, ge=1, description="the epoch's canonical partition (divides the global "
+                                "batch; keep it fixed to resume on another world size); None: automatic")
 
 
 class ModelConfig(Section):
@@ -98,6 +100,10 @@ class RunConfig(Section):
                                                       "stop the run; calls are spooled in the output folder")
     parent_run_id: str | None = None
     tags: dict[str, str] = Field(default_factory=dict)
+    register_as: str | None = Field(None, description="pretraining: register the logged encoder as the next "
+                                                      "version of this Model Registry name")
+    system_metrics: bool = Field(False, description="log CPU, memory, disk, network (and GPU) usage as system/* "
+                                                    "metrics, sampled every 10 s by MLflow's monitor")
 
     @field_validator("precision", mode="before")
     @classmethod

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import json
 import shutil
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import torch
 from accelerate import Accelerator
+from accelerate.utils import DistributedType
 from safetensors import SafetensorError
 
 PREFIX = "checkpoint-"
@@ -99,5 +101,43 @@ class Checkpointer:
     config_yaml: str
 
     def save(self, accelerator: Accelerator, model: torch.nn.Module, step: int, trainer_state: dict) -> Path:
-        export = self.export(accelerator.unwrap_model(model)) if accelerator.is_main_process else {}
+        with master_weights(accelerator, model) as unwrapped:  # collective under DeepSpeed
+            export = self.export(unwrapped) if accelerator.is_main_process else {}
         return save_checkpoint(accelerator, self.root, step, trainer_state, export, self.config_yaml, self.keep)
+
+
+@contextmanager
+def master_weights(accelerator: Accelerator, model: torch.nn.Module) -> Iterator[torch.nn.Module]:
+    """The unwrapped model; under DeepSpeed, on the main process, holding the fp32 master weights.
+
+    DeepSpeed keeps the fp32 masters sharded in its optimizer: the module holds bf16 copies under
+    bf16, and under ZeRO-3 only its own shard. Every process must enter (the masters are gathered);
+    the main process's parameters point at full fp32 tensors inside the block and are restored after.
+    """
+    unwrapped = accelerator.unwrap_model(model)
+    if accelerator.distributed_type != DistributedType.DEEPSPEED:
+        yield unwrapped
+        return
+    from deepspeed import zero
+    from deepspeed.utils import safe_get_full_fp32_param
+
+    full = {}
+    for name, p in unwrapped.named_parameters():
+        w = safe_get_full_fp32_param(p)
+        if w is None:  # not trained, so not in the optimizer: the module's copy is all there is
+            with zero.GatheredParameters([p]):  # ZeRO-3 only; a no-op otherwise
+                w = p.detach().float().clone()
+        if accelerator.is_main_process:
+            full[name] = w.detach().cpu()
+    if not accelerator.is_main_process:
+        yield unwrapped
+        return
+    params = dict(unwrapped.named_parameters())
+    held = {name: p.data for name, p in params.items()}
+    try:
+        for name, p in params.items():
+            p.data = full[name]
+        yield unwrapped
+    finally:
+        for name, p in params.items():
+            p.data = held[name]
