@@ -324,7 +324,9 @@ def row(case: Case, data: str, mode: str, r: dict, model_flops: float, peak: flo
 
 
 def summary(args, device, peak_text: str, rows: list[str]) -> str:
-    return (f"{device_name(device)}, torch {torch.__version__}, bf16 (autocast; DeepSpeed casts the model), "
+    scope = ("CPU smoke run: it shows every code path runs (eager/compile, shards/synthetic, DDP/ZeRO-2), not GPU "
+             "speed; bf16 matmuls have no hardware support on these CPUs. " if device.type == "cpu" else "")
+    return (f"{scope}{device_name(device)}, torch {torch.__version__}, bf16 (autocast; DeepSpeed casts the model), "
             f"MAE drop, mask ratio 0.75, AdamW; per-process batch {args.batch} (ViT) / {args.mnist_batch} (MNIST "
             f"config); {args.warmup} warm-up + {args.steps} timed steps; shard cases read JPEG/PNG shards with "
             f"{args.workers} loader worker(s). Device peak: {peak_text}.\n\n"
