@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml constraints.txt
 	touch $(STAMP)
 
 run: setup
-	$(PY) -m data_prep mnist --out data/mnist012
+	$(PY) -m data_prep mnist --val-per-class 100 --large-test-rest --unlabeled-rest --out data/mnist012
 	$(PY) launch/study.py
 
 test: setup

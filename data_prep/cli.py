@@ -1,4 +1,4 @@
-"""``python -m data_prep {mnist,tiny-imagenet,summary}``: argument parsing and the one error exit."""
+"""``python -m data_prep {mnist,tiny-imagenet,summary,index}``: argument parsing and the one error exit."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from pathlib import Path
 
 from data_prep import mnist, tiny_imagenet
 from data_prep.errors import DataPrepError
+from data_prep.index import index, index_summary
 from data_prep.writer import read_manifest, summary, write_dataset
 
 
@@ -51,13 +52,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--digits", default="0,1,2", help="e.g. 0,1,2 or 0-9")
     p.add_argument("--unlabeled-rest", action="store_true",
                    help="also a split 'unlabeled' for pretraining: every training-pool image of all ten "
-                        "digits that is not in the test split, labels withheld")
+                        "digits that is in no evaluation split (test, val, test_large), labels withheld")
+    p.add_argument("--val-per-class", type=_positive, default=None,
+                   help="also a split 'val' of N images per class (every tuning choice is made on it)")
+    p.add_argument("--large-test-rest", action="store_true",
+                   help="also a split 'test_large': every image of the chosen digits left over by the "
+                        "other splits (embedded: the test pool otherwise)")
     _add_common(p, "100")
     p = sub.add_parser("tiny-imagenet", help="Tiny ImageNet 200 (val becomes split 'test')")
     p.add_argument("--source", required=True, type=Path, help="tiny-imagenet-200.zip or the extracted folder")
     _add_common(p, "all")
     p = sub.add_parser("summary", help="print the summary of an existing shard directory")
     p.add_argument("out", type=Path)
+    p = sub.add_parser("index", help="write manifest.json for existing shards (local, http(s)://, pipe:)")
+    p.add_argument("urls", nargs="+", help="shard URLs; brace patterns such as train-{000000..000009}.tar")
+    p.add_argument("--out", required=True, type=Path, help="folder for manifest.json (train with data.shards=<it>)")
+    p.add_argument("--split", help="put every shard in this split (default: from names <split>-NNNNNN.tar)")
     return parser
 
 
@@ -79,7 +89,10 @@ def run(argv: list[str]) -> str:
         manifest = read_manifest(args.out)
         if manifest is None:
             raise DataPrepError(f"no readable manifest.json in {args.out}: run `python -m data_prep` first")
-        return summary(manifest, args.out)
+        return index_summary(manifest, args.out) if manifest.get("dataset") == "index" else summary(manifest, args.out)
+    if args.command == "index":
+        manifest = index(args.urls, args.out, args.split, shlex.join(["python", "-m", "data_prep", *argv]))
+        return index_summary(manifest, args.out)
     train, test = _limits(args)
     options = {"train_per_class": train, "test_per_class": test, "seed": args.seed,
                "shard_max_count": args.shard_max_count, "shard_max_bytes": args.shard_max_bytes}
@@ -87,10 +100,11 @@ def run(argv: list[str]) -> str:
         digits = mnist.parse_digits(args.digits)
         pools, source = mnist.load_source(args.source)
         splits = mnist.build_splits(pools, digits, _none_if_all(train), _none_if_all(test), args.seed,
-                                    args.unlabeled_rest)
+                                    args.unlabeled_rest, args.val_per_class or 0, args.large_test_rest)
         options.update(source=args.source, digits=digits)
-        if args.unlabeled_rest:  # only when set, so existing manifests stay byte-identical
-            options["unlabeled_rest"] = True
+        # each only when set, so existing manifests stay byte-identical
+        options |= {k: v for k, v in (("unlabeled_rest", args.unlabeled_rest), ("val_per_class", args.val_per_class),
+                                      ("large_test_rest", args.large_test_rest)) if v}
         fields = {"source": source, "image": {"height": 28, "width": 28, "channels": 1, "format": "png"},
                   "classes": [str(d) for d in digits]}
     else:

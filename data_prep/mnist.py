@@ -151,13 +151,22 @@ def _per_class_pick(pool: Pool, digit: int, rng: np.random.Generator, wanted: li
     if needed > len(rows):
         asked = " + ".join(f"{n if n is not None else 'all'} {s}" for n, s in zip(wanted, split_names, strict=True))
         raise DataPrepError(f"digit {digit}: requested {asked} images per class but {pool.where} has "
-                            f"{len(rows)}; lower --train-per-class/--test-per-class (or --per-class)")
+                            f"{len(rows)}; lower --train-per-class/--test-per-class/--val-per-class (or --per-class)")
     picks, start = [], 0
     for n in wanted:
         stop = len(rows) if n is None else start + n
         picks.append(rows[start:stop])
         start = stop
     return picks
+
+
+def _pick_order(pool: Pool, wanted: list[tuple[str, int | None]]) -> list[tuple[str, int | None]]:
+    """Splits in pick order: fixed sizes first, then the one that takes "all the rest"."""
+    rest = [name for name, n in wanted if n is None]
+    if len(rest) > 1:
+        raise DataPrepError(f"{pool.where}: {' and '.join(rest)} cannot both take all the remaining images; "
+                            f"give all but one of them a number per class")
+    return [w for w in wanted if w[1] is not None] + [w for w in wanted if w[1] is None]
 
 
 def encode_png(image: np.ndarray) -> bytes:
@@ -175,35 +184,52 @@ def _split_source(pool: Pool, rows: np.ndarray, digits: list[int], rng: np.rando
 
 
 UNLABELED = -1  # the .cls of label-free samples
+LARGE_TEST = "test_large"
 
 
 def build_splits(pools: list[Pool], digits: list[int], train_per_class: int | None,
-                 test_per_class: int | None, seed: int, unlabeled_rest: bool = False) -> dict[str, SplitSource]:
-    """train/test picks per digit; with `unlabeled_rest` also a split `unlabeled`: every image of the
-    training pool, of all ten digits, that is not in `test` (labels withheld: .cls is -1)."""
+                 test_per_class: int | None, seed: int, unlabeled_rest: bool = False,
+                 val_per_class: int = 0, large_test_rest: bool = False) -> dict[str, SplitSource]:
+    """train/test picks per digit, optionally `val` (`val_per_class` a class, for every tuning choice)
+    and `test_large` (all the images of those digits left over, a test nothing else ever sees).
+    With `unlabeled_rest` also a split `unlabeled`: every image of the training pool, of all ten digits,
+    in none of the evaluation splits (labels withheld: .cls is -1).
+
+    The picks are consecutive slices of one permutation per digit, train first, so adding val or
+    test_large leaves train and test byte-identical."""
     rng = np.random.default_rng(seed)
-    picks: dict[str, list[np.ndarray]] = {"train": [], "test": []}
+    one_pool = len(pools) == 1  # embedded: every split is a disjoint pick from the one pool
+    extra = [("val", val_per_class)] if val_per_class else []
+    train_pool = [("train", train_per_class), ("test", test_per_class)] if one_pool else [("train", train_per_class)]
+    train_pool += extra
+    test_pool = [] if one_pool else [("test", test_per_class)]
+    if large_test_rest:
+        (test_pool if test_pool else train_pool).append((LARGE_TEST, None))
+    if one_pool and train_per_class is None and test_per_class is None:
+        raise DataPrepError("a single-pool source cannot give 'all' to both splits: "
+                            "set --train-per-class or --test-per-class to a number")
+    named = {name for name, _ in train_pool + test_pool}
+    picks: dict[str, list[np.ndarray]] = {n: [] for n in ("train", "test", "val", LARGE_TEST) if n in named}
     for digit in digits:
-        if len(pools) == 1:  # one pool (embedded): train and test are disjoint picks from it
-            if train_per_class is None and test_per_class is None:
-                raise DataPrepError("a single-pool source cannot give 'all' to both splits: "
-                                    "set --train-per-class or --test-per-class to a number")
-            wanted = [train_per_class, test_per_class]
-            if train_per_class is None:  # test first so "all" means "all the rest"
-                test, train = _per_class_pick(pools[0], digit, rng, wanted[::-1], ["test", "train"])
-            else:
-                train, test = _per_class_pick(pools[0], digit, rng, wanted, ["train", "test"])
-        else:
-            (train,) = _per_class_pick(pools[0], digit, rng, [train_per_class], ["train"])
-            (test,) = _per_class_pick(pools[1], digit, rng, [test_per_class], ["test"])
-        picks["train"].append(train)
-        picks["test"].append(test)
-    splits = {split: _split_source(pools[0] if len(pools) == 1 or split == "train" else pools[1],
-                                   np.concatenate(rows), digits, rng)
+        for pool, wanted in ((pools[0], train_pool), (pools[-1], test_pool)):
+            if not wanted:
+                continue
+            order = _pick_order(pool, wanted)
+            rows = _per_class_pick(pool, digit, rng, [n for _, n in order], [name for name, _ in order])
+            for (name, _), chosen in zip(order, rows, strict=True):
+                picks[name].append(chosen)
+    from_train_pool = {name for name, _ in train_pool}
+    splits = {split: _split_source(pools[0] if split in from_train_pool else pools[-1], np.concatenate(rows),
+                                   digits, rng)
               for split, rows in picks.items()}
+    empty = [name for name in splits if splits[name].count == 0]
+    if empty:
+        raise DataPrepError(f"split {empty[0]} would be empty: no images are left for it; lower the other "
+                            f"splits' --*-per-class")
     if unlabeled_rest:
-        held_out = np.concatenate(picks["test"]) if len(pools) == 1 else np.array([], dtype=np.int64)
-        rest = np.setdiff1d(np.arange(len(pools[0].labels)), held_out)
+        held_out = [np.concatenate(picks[name]) for name in picks if name != "train" and name in from_train_pool]
+        rest = np.setdiff1d(np.arange(len(pools[0].labels)),
+                            np.concatenate(held_out) if held_out else np.array([], dtype=np.int64))
         splits["unlabeled"] = _unlabeled_source(pools[0], rest, rng)
     return splits
 

@@ -1,9 +1,10 @@
 """Compare objectives of one MLflow experiment: fine-tune / linear / kNN accuracy and pretraining cost.
 
-    python launch/compare.py --experiment mnist012 [--tracking-uri URI] [--out DIR]
+    python launch/compare.py --experiment mnist012 [--tracking-uri URI] [--out DIR] [--parent-run ID]
 
-Prints a markdown table; with --out also writes comparison.md, comparison.csv and comparison.png.
-Logs nothing to MLflow.
+Prints a markdown table per evaluation split (test, test_large, val; 95% Wilson intervals in
+brackets); with --out also writes comparison.md, comparison.csv (one line per objective, mode and
+split) and comparison.png. --parent-run keeps only the runs of one study. Logs nothing to MLflow.
 """
 from __future__ import annotations
 
@@ -18,9 +19,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--experiment", required=True)
     parser.add_argument("--tracking-uri", default=None, help="default: $MLFLOW_TRACKING_URI or sqlite:///mlflow.db")
     parser.add_argument("--out", default=None, help="folder for comparison.md / .csv / .png")
+    parser.add_argument("--parent-run", default=None, help="only the children of this MLflow run (a study)")
     args = parser.parse_args(argv)
     try:
-        table = compare(args.experiment, args.tracking_uri, args.out)
+        table = compare(args.experiment, args.tracking_uri, args.out, args.parent_run)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -2,62 +2,45 @@
 
     python launch/study.py [--seeds 0 1 2] [--objectives scratch mae infonce mae_infonce video_mae]
                            [--experiment mnist012-study] [--out outputs/study] [--tracking-uri URI]
+                           [--jobs N] [--extra-data]
 
-Pretraining and fine-tuning run as `accelerate launch` subprocesses (all GPUs when there are any,
-one CPU process otherwise); the linear probe and kNN use frozen features of 600 images and run in
-this process. Every stage writes into <out>/runs/<objective>-s<seed>[-<mode>]; a finished pretraining or an
-evaluated mode is skipped and an interrupted one resumes, so running the study again (say with more
-seeds) only does what is missing. Delete a folder to redo that stage. The table is printed at the end
-and written to <out>/comparison.{md,csv,png}.
+The stages run concurrently on long-lived workers (vitssl.study.scheduler): one single-thread
+worker per CPU core, or one worker per GPU; a fine-tune waits for its pretraining only. Each worker
+imports the libraries once and runs stages in-process with a one-process accelerator. The study is
+one MLflow run; every stage is its child (`run.parent_run_id`). Every evaluation reports each split
+of the shards among val, test and test_large; pixel baselines (logistic regression, RBF SVM) are
+fitted beside. Every stage writes into <out>/runs/<objective>-s<seed>[-<mode>]; a finished
+pretraining or an evaluated mode is skipped, so running the study again (say with more seeds) only
+does what is missing. Delete a folder to redo that stage. The table is printed at the end and
+written to <out>/comparison.{md,csv,png}.
+
+Tracking: one SQLite file takes the writes of all workers. The study creates the store (schema
+included) before any worker starts, and MLflow opens SQLite with a 20 s busy timeout, so the few
+small writes of 2-8 workers wait for each other instead of failing; for more workers or several
+machines, point --tracking-uri at an `mlflow server`.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
 
-import torch
-
 from vitssl.config import ConfigError, PretrainConfig, load_config
-from vitssl.config.finetune import FinetuneConfig
 from vitssl.engine.checkpoint import TRAINER_STATE, latest_checkpoint
-from vitssl.engine.finetune import run_finetune
 from vitssl.eval.compare import compare
-from vitssl.tracking import resolve_tracking_uri
+from vitssl.study import stages
+from vitssl.study.scheduler import Job, Outcome, plan_slots, run_jobs
+from vitssl.tracking import MlflowRun, git_commit, resolve_tracking_uri
 
 ROOT = Path(__file__).resolve().parents[1]
 
 OBJECTIVES = ["scratch", "mae", "infonce", "mae_infonce", "video_mae"]
 MODES = ["finetune", "linear", "knn"]
-
-
-def accelerate_args() -> list[str]:
-    """`accelerate launch` options: every GPU of the machine, or one CPU process using all cores."""
-    gpus = torch.cuda.device_count()
-    if gpus > 1:
-        return ["--config_file", str(ROOT / "configs/accelerate/gpu_multi.yaml"), "--num_processes", str(gpus)]
-    if gpus == 1:
-        return ["--config_file", str(ROOT / "configs/accelerate/gpu_1.yaml")]
-    # One thread: these models are tiny, and on a loaded 2-core machine two OpenMP threads per process
-    # made a fine-tune epoch 9x slower (7.2 s vs 0.8 s measured) while a second thread gains ~nothing idle.
-    return ["--config_file", str(ROOT / "configs/accelerate/cpu_1proc.yaml"), "--num_cpu_threads_per_process", "1"]
-
-
-def launch(script: str, config: Path, overrides: list[str], log: Path) -> None:
-    cmd = [str(Path(sys.executable).with_name("accelerate")), "launch", *accelerate_args(),
-           str(ROOT / "launch" / script), "--config", str(config), *overrides]
-    log.parent.mkdir(parents=True, exist_ok=True)
-    with open(log, "w") as f:
-        f.write(" ".join(cmd) + "\n")
-        f.flush()
-        code = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, env=dict(os.environ, PYTHONUNBUFFERED="1")).returncode
-    if code != 0:
-        tail = log.read_text().splitlines()[-15:]
-        raise RuntimeError(f"{script} failed (exit {code}); log {log}:\n" + "\n".join(tail))
+# relative cost of one pretraining image (two views, a decoder, clips): only orders the ready jobs
+PRETRAIN_COST = {"mae": 1.0, "video_mae": 2.0, "infonce": 3.0, "mae_infonce": 4.0}
 
 
 def pretrain_done(config: Path, overrides: list[str]) -> bool:
@@ -68,6 +51,84 @@ def pretrain_done(config: Path, overrides: list[str]) -> bool:
         return False
     state = json.loads((last / TRAINER_STATE).read_text())
     return state["epoch"] >= cfg.run.epochs or (cfg.run.max_steps is not None and state["step"] >= cfg.run.max_steps)
+
+
+def eval_splits(shards: Path) -> list[str]:
+    manifest = shards / "manifest.json"
+    if not manifest.is_file():
+        raise ConfigError(f"--shards {shards}: no manifest.json; make the shards first: python -m data_prep mnist "
+                          f"--val-per-class 100 --large-test-rest --unlabeled-rest --out {shards}")
+    present = json.loads(manifest.read_text())["splits"]
+    return [s for s in stages.EVAL_SPLITS if s in present]
+
+
+def build_jobs(args, out: Path, configs: Path, common: list[str], splits: list[str], uri: str,
+               parent: str) -> list[Job]:
+    jobs: list[Job] = []
+    finetune_yaml = str(configs / "finetune.yaml")
+    engine_options = [f"finetune.eval_splits=[{','.join(splits)}]"]
+    fig_off = ["run.figure_every=0"]  # the objectives' figures cost as much as the training steps here
+    if (args.pixel_baselines and "val" in splits
+            and not (out / "runs" / "pixels_svm_rbf-s0" / "eval_metrics.json").is_file()):
+        jobs.append(Job("pixel baselines", stages.pixel_baselines, dict(
+            shards=str(Path(args.shards).resolve()), tracking_uri=uri, experiment=args.experiment,
+            parent_run_id=parent, seed=0, out=str(out / "runs"),
+            class_names=json.loads((Path(args.shards) / "manifest.json").read_text())["classes"]), cost=0.5))
+    variants = [("", "train")] + ([("extra", "unlabeled")] if args.extra_data else [])
+    pretrained_dir = Path(args.pretrained_dir).resolve() if args.pretrained_dir else out / "runs"
+    for seed in args.seeds:
+        for objective in args.objectives:
+            for variant, split in variants:
+                if objective == "scratch" and variant:
+                    continue
+                tag = f"{objective}{'-' + variant if variant else ''}-s{seed}"
+                after: tuple[str, ...] = ()
+                pretrained = "none"
+                if objective != "scratch":
+                    config = configs / f"{objective}.yaml"
+                    if not config.is_file():
+                        raise ConfigError(f"no pretrain config {config}")
+                    overrides = common + [f"run.seed={seed}", f"run.output_dir={pretrained_dir}/{tag}", f"run.name={tag}",
+                                          f"data.split={split}", *fig_off, *args.pretrain_override]
+                    if variant:
+                        overrides.append("run.tags={variant: label-free extra data}")
+                    pretrained = str(pretrained_dir / tag)
+                    if pretrain_done(config, overrides):
+                        print(f"[{tag}] pretrain already finished", flush=True)
+                    else:
+                        cfg = load_config(PretrainConfig, config, overrides)
+                        count = stages.split_count(cfg.data.shards, split)
+                        jobs.append(Job(f"{tag} pretrain", stages.pretrain, dict(
+                            config=str(config), overrides=overrides, log=str(out / "logs" / f"{tag}-pretrain.log")),
+                            cost=cfg.run.epochs * count / 1000 * PRETRAIN_COST.get(objective, 1.0)))
+                        after = (f"{tag} pretrain",)
+                for mode in args.modes:
+                    if (out / "runs" / f"{tag}-{mode}" / "eval_metrics.json").is_file():
+                        print(f"[{tag}] {mode} already evaluated", flush=True)
+                        continue
+                    overrides = common + [f"run.seed={seed}", f"run.output_dir={out}/runs/{tag}-{mode}",
+                                          f"run.name={tag}-{mode}", f"finetune.pretrained={pretrained}",
+                                          f"finetune.mode={mode}", *engine_options, *fig_off]
+                    if variant:
+                        overrides.append("run.tags={variant: label-free extra data}")
+                    jobs.append(Job(f"{tag} {mode}", stages.finetune, dict(
+                        config=finetune_yaml, overrides=overrides + args.finetune_override,
+                        log=str(out / "logs" / f"{tag}-{mode}.log")), after=after,
+                        cost=3.0 if mode == "finetune" else 0.3))
+    return jobs
+
+
+def report(outcome: Outcome) -> None:
+    if outcome.status == "done" and isinstance(outcome.value, dict) and "images_per_s" in outcome.value:
+        v = outcome.value
+        accuracy = {k: f"{100 * x:.2f}" for k, x in v.get("metrics", {}).items()
+                    if k.endswith("_accuracy") and k.split("_accuracy")[0] in stages.EVAL_SPLITS}
+        print(f"[{outcome.name}] {outcome.seconds:.0f} s, {v['images_per_s']:.0f} images/s"
+              + (f", accuracy % {accuracy}" if accuracy else ""), flush=True)
+    elif outcome.status == "done":
+        print(f"[{outcome.name}] {outcome.seconds:.0f} s", flush=True)
+    else:
+        print(f"[{outcome.name}] {outcome.status.upper()}: {outcome.error}", file=sys.stderr, flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -81,6 +142,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--shards", default="data/mnist012")
     parser.add_argument("--configs", default=str(ROOT / "configs/mnist012"),
                         help="folder with <objective>.yaml pretrain configs and finetune.yaml")
+    parser.add_argument("--jobs", type=int, default=None, help="concurrent stages (default: CPU cores, or GPUs)")
+    parser.add_argument("--extra-data", action="store_true",
+                        help="also pretrain on the shards' 'unlabeled' split (label-free extra data), its own rows")
+    parser.add_argument("--pixel-baselines", action=argparse.BooleanOptionalAction, default=True,
+                        help="fit logistic regression and an RBF SVM on raw pixels (needs a val split; an SVM "
+                             "grid on tens of thousands of images takes long: --no-pixel-baselines)")
+    parser.add_argument("--pretrained-dir", default=None,
+                        help="where the pretrainings live (default <out>/runs): evaluate another study's encoders "
+                             "on other shards, say with fewer labels; finished ones are not rerun")
     parser.add_argument("--pretrain-override", action="append", default=[], metavar="KEY=VALUE",
                         help="extra override for every pretraining run (repeatable)")
     parser.add_argument("--finetune-override", action="append", default=[], metavar="KEY=VALUE",
@@ -89,62 +159,39 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [o for o in args.objectives if o not in OBJECTIVES]
     if unknown:
         parser.error(f"unknown objective(s) {unknown}; choose from {OBJECTIVES}")
+    if args.jobs is not None and args.jobs < 1:
+        parser.error(f"--jobs must be at least 1, got {args.jobs}")
 
-    if not torch.cuda.is_available():
-        torch.set_num_threads(1)  # the in-process linear probe / kNN, as accelerate_args does for the rest
-    uri = resolve_tracking_uri(args.tracking_uri)
-    out, configs = Path(args.out).resolve(), Path(args.configs)
-    common = [f"data.shards={Path(args.shards).resolve()}", f"run.experiment={args.experiment}",
-              f"run.tracking_uri={uri}"]
-    finetune_yaml = configs / "finetune.yaml"
-    failures: list[str] = []
-    timings: list[tuple[str, float]] = []
     start = time.perf_counter()
-    for seed in args.seeds:
-        for objective in args.objectives:
-            tag = f"{objective}-s{seed}"
-            try:
-                if objective == "scratch":
-                    pretrained = "none"
-                else:
-                    config = configs / f"{objective}.yaml"
-                    if not config.is_file():
-                        raise FileNotFoundError(f"no pretrain config {config}")
-                    t0 = time.perf_counter()
-                    overrides = common + [f"run.seed={seed}", f"run.output_dir={out}/runs/{tag}", f"run.name={tag}",
-                                          *args.pretrain_override]
-                    if pretrain_done(config, overrides):
-                        print(f"[{tag}] pretrain already finished", flush=True)
-                    else:
-                        print(f"[{tag}] pretrain ...", flush=True)
-                        launch("pretrain.py", config, overrides, out / "logs" / f"{tag}-pretrain.log")
-                        timings.append((f"{tag} pretrain", time.perf_counter() - t0))
-                    pretrained = str(out / "runs" / tag)
-                for mode in args.modes:
-                    if (out / "runs" / f"{tag}-{mode}" / "eval_metrics.json").is_file():
-                        print(f"[{tag}] {mode} already evaluated", flush=True)
-                        continue
-                    t0 = time.perf_counter()
-                    overrides = common + [f"run.seed={seed}", f"run.output_dir={out}/runs/{tag}-{mode}",
-                                          f"run.name={tag}-{mode}", f"finetune.pretrained={pretrained}",
-                                          f"finetune.mode={mode}", *args.finetune_override]
-                    if mode == "finetune":
-                        launch("finetune.py", finetune_yaml, overrides, out / "logs" / f"{tag}-{mode}.log")
-                    else:
-                        result = run_finetune(load_config(FinetuneConfig, finetune_yaml, overrides))
-                        print(f"[{tag}] {mode}: test accuracy {result.metrics['test_accuracy']:.4f}")
-                    timings.append((f"{tag} {mode}", time.perf_counter() - t0))
-                    print(f"[{tag}] {mode} done in {timings[-1][1]:.0f} s", flush=True)
-            except (RuntimeError, FileNotFoundError, ConfigError) as e:
-                failures.append(f"{tag}: {e}")
-                print(f"[{tag}] FAILED: {e}", file=sys.stderr, flush=True)
+    uri = resolve_tracking_uri(args.tracking_uri)
+    out, configs, shards = Path(args.out).resolve(), Path(args.configs), Path(args.shards).resolve()
+    try:
+        splits = eval_splits(shards)
+        tracker = MlflowRun(True, uri, args.experiment)  # creates the store before any worker opens it
+        parent = tracker.start("study", {"vitssl.stage": "study", "git_commit": git_commit(),
+                                         "command": " ".join(sys.argv)})
+        common = [f"data.shards={shards}", f"run.experiment={args.experiment}", f"run.tracking_uri={uri}",
+                  f"run.parent_run_id={parent}"]
+        jobs = build_jobs(args, out, configs, common, splits, uri, parent)
+    except (ConfigError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    slots = plan_slots(args.jobs)
+    os.environ["TQDM_DISABLE"] = "1"  # the workers' progress bars; tqdm reads it when imported
+    print(f"study run {parent}: {len(jobs)} stages on {slots.workers} worker(s) x {slots.threads} thread(s)"
+          f"{' (one GPU each)' if slots.gpus else ''}; evaluated on {', '.join(splits)}; logs in {out}/logs",
+          flush=True)
+    outcomes = run_jobs(jobs, slots, report)
     total = time.perf_counter() - start
-    print(f"\nstudy wall time {total:.0f} s (" + ", ".join(f"{k} {v:.0f}s" for k, v in timings) + ")")
+    failures = [f"{o.name}: {o.status} {o.error}" for o in outcomes.values() if o.status != "done"]
+    tracker.log_metrics({"wall_time_s": total}, 0)
+    print(f"\nstudy wall time {total:.0f} s ({len(outcomes)} stages on {slots.workers} workers)")
     try:
         print("\n" + compare(args.experiment, uri, out))
         print(f"written: {out}/comparison.md, comparison.csv, comparison.png")
     except ValueError as e:
         failures.append(f"compare: {e}")
+    tracker.end("FAILED" if failures else "FINISHED")
     if failures:
         print("failed:\n  " + "\n  ".join(failures), file=sys.stderr)
         return 1

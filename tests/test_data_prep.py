@@ -15,6 +15,7 @@ import pytest
 from PIL import Image
 
 import data_prep.mnist
+import data_prep.writer
 from data_prep import DataPrepError
 from data_prep.cli import run
 from vitssl.data import load_split_tensors
@@ -238,12 +239,50 @@ def test_embedded_too_many_per_class(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow
 def test_cli_error_exits_2_without_traceback(tmp_path):
     out = tmp_path / "out"
     proc = subprocess.run([sys.executable, "-m", "data_prep", "mnist", "--source", f"idx:{tmp_path}",
                            "--out", str(out)], capture_output=True, text=True, cwd=REPO)
     assert proc.returncode == 2
     assert proc.stderr.startswith("error: missing IDX file") and "Traceback" not in proc.stderr
+    assert not out.exists()
+
+
+def test_out_that_is_a_file_is_one_error_line(tmp_path):
+    existing = tmp_path / "notes.txt"
+    existing.write_text("keep me")
+    proc = subprocess.run([sys.executable, "-m", "data_prep", "mnist", "--out", str(existing)],
+                          capture_output=True, text=True, cwd=REPO)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == f"error: --out {existing} is an existing file, not a directory: pass a directory path"
+    assert existing.read_text() == "keep me"
+
+
+def test_out_in_a_read_only_place_is_one_error_line():
+    out = Path("/sys/vitssl-shards")  # sysfs refuses new directories, even to root
+    if not Path("/sys").is_dir():
+        pytest.skip("no /sys on this system")
+    proc = subprocess.run([sys.executable, "-m", "data_prep", "mnist", "--out", str(out)],
+                          capture_output=True, text=True, cwd=REPO)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: --out {out}: cannot write there"), proc.stderr
+    assert not out.exists()
+
+
+def test_disk_error_while_writing_is_one_error_and_keeps_nothing(tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    real_add = data_prep.writer._add_member
+
+    def add_until_full(tar, name, data):
+        if name.startswith("test-"):
+            raise OSError(28, "No space left on device")
+        real_add(tar, name, data)
+
+    monkeypatch.setattr(data_prep.writer, "_add_member", add_until_full)
+    with pytest.raises(DataPrepError, match="No space left on device.*nothing was kept"):
+        run(["mnist", "--out", str(out), "--per-class", "10"])
     assert not out.exists()
 
 
@@ -358,6 +397,7 @@ def test_fashion_mnist_full_size(tmp_path):
         assert f.read(4) == (2049).to_bytes(4, "big")
 
 
+@pytest.mark.slow
 def test_import_ssl_is_the_standard_library():
     code = "import ssl, vitssl.data; assert hasattr(ssl, 'SSLContext'), ssl.__file__; print(ssl.__file__)"
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
@@ -388,3 +428,50 @@ def test_unlabeled_rest_holds_every_digit_but_no_test_image(tmp_path):
     assert source_ids("train") <= source_ids("unlabeled")
     _, labels, _ = load_split_tensors(extra, "unlabeled")
     assert (labels == -1).all()
+
+
+# ---------------------------------------------------------------- the study's protocol: val + large test
+
+
+def _source_ids(out: Path, split: str) -> set[str]:
+    return {r["meta"]["source_id"] for r in read_split(out, split)}
+
+
+def test_val_and_large_test_leave_the_seeds_split_byte_identical(tmp_path):
+    plain = make_mnist_shards(tmp_path / "plain")
+    full = make_mnist_shards(tmp_path / "full", "--val-per-class", "100", "--large-test-rest", "--unlabeled-rest")
+    before, after = (json.loads((d / "manifest.json").read_text())["splits"] for d in (plain, full))
+    for split in ("train", "test"):
+        assert before[split]["shards"] == after[split]["shards"]
+    assert after["val"]["per_class"] == {"0": 100, "1": 100, "2": 100}
+    # the embedded set has 500 digits a class: 100 train + 100 test + 100 val leave 200 for the large test
+    assert after["test_large"]["per_class"] == {"0": 200, "1": 200, "2": 200}
+    ids = {split: _source_ids(full, split) for split in ("train", "test", "val", "test_large", "unlabeled")}
+    evaluation = ids["test"] | ids["val"] | ids["test_large"]
+    assert len(evaluation) == 300 + 300 + 600  # pairwise disjoint
+    assert not ids["train"] & evaluation
+    assert not ids["unlabeled"] & evaluation  # label-free pretraining never sees an evaluation image
+    assert ids["train"] <= ids["unlabeled"] and len(ids["unlabeled"]) == 5000 - 1200
+
+
+def test_val_and_large_test_with_two_pools(tmp_path):
+    write_idx_dir(tmp_path / "idx", train_per_class=20, test_per_class=8)
+    out = make_mnist_shards(tmp_path / "out", "--source", f"idx:{tmp_path / 'idx'}", "--digits", "0-9",
+                            "--train-per-class", "12", "--test-per-class", "3", "--val-per-class", "5",
+                            "--large-test-rest", "--unlabeled-rest")
+    splits = json.loads((out / "manifest.json").read_text())["splits"]
+    assert {s: splits[s]["count"] for s in splits} == {"train": 120, "test": 30, "val": 50, "test_large": 50,
+                                                      "unlabeled": 200 - 50}
+    ids = {split: _source_ids(out, split) for split in splits}
+    assert all(i.startswith("train:") for i in ids["val"] | ids["unlabeled"])  # val comes from the training pool
+    assert all(i.startswith("t10k:") for i in ids["test_large"])
+    assert not ids["val"] & (ids["train"] | ids["unlabeled"]) and not ids["test"] & ids["test_large"]
+
+
+def test_large_test_with_nothing_left_is_an_error(tmp_path):
+    with pytest.raises(DataPrepError, match="test_large would be empty"):
+        run(["mnist", "--out", str(tmp_path / "out"), "--train-per-class", "200", "--test-per-class", "200",
+             "--val-per-class", "100", "--large-test-rest"])
+    with pytest.raises(DataPrepError, match="--val-per-class"):
+        run(["mnist", "--out", str(tmp_path / "out"), "--per-class", "200", "--val-per-class", "101"])
+    assert not (tmp_path / "out").exists()

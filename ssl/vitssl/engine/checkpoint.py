@@ -17,6 +17,7 @@ from typing import Callable, Iterator
 import torch
 from accelerate import Accelerator
 from accelerate.utils import DistributedType
+from safetensors import SafetensorError
 
 PREFIX = "checkpoint-"
 TRAINER_STATE = "trainer_state.json"
@@ -37,6 +38,16 @@ def latest_checkpoint(root: Path) -> Path | None:
     return found[-1] if found else None
 
 
+class CheckpointWriteError(Exception):
+    """The disk refused a checkpoint (full, read-only); the partial folder has been removed."""
+
+
+def remove_partial(root: Path) -> None:
+    """Drop `.tmp-checkpoint-*` folders a killed or failed save left (the caller owns the folder)."""
+    for tmp in root.glob(f".tmp-{PREFIX}*"):
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def save_checkpoint(accelerator: Accelerator, root: Path, step: int, trainer_state: dict,
                     encoder_export: dict, config_yaml: str, keep: int) -> Path:
     """Collective: every process must call it. Returns the final folder."""
@@ -46,11 +57,19 @@ def save_checkpoint(accelerator: Accelerator, root: Path, step: int, trainer_sta
         root.mkdir(parents=True, exist_ok=True)
         shutil.rmtree(tmp, ignore_errors=True)
     accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp))
-    if accelerator.is_main_process:
-        torch.save(encoder_export, tmp / ENCODER_FILE)
-        (tmp / CONFIG_FILE).write_text(config_yaml)
-        (tmp / TRAINER_STATE).write_text(json.dumps(trainer_state, indent=2))
+    try:
+        accelerator.save_state(str(tmp))
+        if accelerator.is_main_process:
+            torch.save(encoder_export, tmp / ENCODER_FILE)
+            (tmp / CONFIG_FILE).write_text(config_yaml)
+            (tmp / TRAINER_STATE).write_text(json.dumps(trainer_state, indent=2))
+    except (OSError, RuntimeError, SafetensorError) as err:  # how torch.save and safetensors report a full disk
+        shutil.rmtree(tmp, ignore_errors=True)
+        last = latest_checkpoint(root)
+        raise CheckpointWriteError(
+            f"writing checkpoint {step} into {root} failed ({str(err).splitlines()[0][:160]}); the partial folder "
+            f"was removed, the last complete one is {last.name if last else 'none'}: free space and run the "
+            "same command to resume") from None
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         if final.exists():

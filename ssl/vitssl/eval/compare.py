@@ -1,30 +1,69 @@
-"""The comparison table of an experiment: objective x fine-tune / linear / kNN accuracy x pretrain cost.
+"""The comparison table of an experiment: objective x fine-tune / linear / kNN accuracy on each
+evaluation split, with 95% Wilson intervals, the pixel baselines and the seeds' numbers beside.
 
 Reads MLflow only (search_runs over tags), so it works the same on a SQLite store and an
-`mlflow server`. For each (objective, variant, mode, seed) the latest finished fine-tune run counts;
-several seeds give mean ± std (sample std, n - 1). The `variant` tag (launch/sweep.py, or run.tags in a
-config) tells apart runs of one objective with other settings; within an objective, variants are
-ranked by fine-tune accuracy, then linear, then kNN.
+`mlflow server`, and the same table comes out of `mlflow.search_runs` by hand (see README).
+A run reports `<split>_accuracy`, `<split>_errors` and `<split>_n` for every split it evaluated
+(older runs: `test_accuracy` only). For each (objective, variant, mode, seed) the latest finished
+run counts; several seeds give mean ± std (sample std, n - 1) and the interval of the errors pooled
+over seeds. `--parent-run` keeps only the children of one study run. The `variant` tag
+(launch/sweep.py, or run.tags in a config) tells apart runs of one objective with other settings;
+within an objective, variants are ranked by fine-tune accuracy, then linear, then kNN.
 """
 from __future__ import annotations
 
 import csv
+import math
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 
 MODES = ("finetune", "linear", "knn")
-ORDER = ("none", "distill", "mae", "infonce", "mae_infonce", "video_mae", "cnn_autoencoder", "rotation", "simclr")
+SPLITS = ("test", "test_large", "val")  # the seeds' 300-image split first: the one their numbers are on
+SPLIT_TITLES = {"test": "test: the seeds' split (100 per class)",
+                "test_large": "test_large: digits no stage ever saw (200 per class)",
+                "val": "val: every choice was made on it (100 per class)"}
+ORDER = ("pixels_logreg", "pixels_svm_rbf", "none", "distill", "mae", "infonce", "mae_infonce", "video_mae",
+         "cnn_autoencoder", "rotation", "simclr")
+LABELS = {"none": "none (scratch)", "pixels_logreg": "pixels: logistic regression",
+          "pixels_svm_rbf": "pixels: RBF SVM"}
+# The seeds' fine-tune test accuracy (%) on the 300-image split, printed beside ours.
+SEEDS_FINETUNE = {"mae": 99.0, "infonce": 98.67, "mae_infonce": 98.0, "video_mae": 98.0}
+STAGES = ("finetune", "baseline")  # baseline: a classifier on pixels; its accuracy goes in the fine-tune column
+
+
+@dataclass
+class Score:
+    accuracy: float
+    errors: float | None = None
+    n: float | None = None
 
 
 @dataclass
 class Row:
     objective: str
     variant: str = ""
-    accuracy: dict[str, list[float]] = field(default_factory=dict)  # mode -> one value per seed
+    scores: dict[tuple[str, str], list[Score]] = field(default_factory=dict)  # (mode, split) -> one per seed
     seeds: set[str] = field(default_factory=set)
     pretrain_time_s: list[float] = field(default_factory=list)
     pretrain_images_per_s: list[float] = field(default_factory=list)
+
+    def accuracy(self, mode: str, split: str = "test") -> list[float]:
+        return [s.accuracy for s in self.scores.get((mode, split), [])]
+
+
+def wilson(errors: float, n: float, z: float = 1.96) -> tuple[float, float]:
+    """95% Wilson score interval of an accuracy with `errors` wrong out of `n`."""
+    p = 1 - errors / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def pooled_interval(scores: list[Score]) -> tuple[float, float] | None:
+    if not scores or any(s.errors is None or not s.n for s in scores):
+        return None
+    return wilson(sum(s.errors for s in scores), sum(s.n for s in scores))
 
 
 def _mean_std(values: list[float]) -> tuple[float, float]:
@@ -40,6 +79,12 @@ def _fmt(values: list[float], scale: float = 1.0, digits: int = 2) -> str:
     return f"{mean:.{digits}f} ± {std:.{digits}f}" if len(values) > 1 else f"{mean:.{digits}f}"
 
 
+def _fmt_scores(scores: list[Score], with_interval: bool) -> str:
+    text = _fmt([s.accuracy for s in scores], 100)
+    interval = pooled_interval(scores) if with_interval else None
+    return text if interval is None else f"{text} [{100 * interval[0]:.1f}, {100 * interval[1]:.1f}]"
+
+
 def _pretrain_cost(client, run_id: str) -> tuple[float | None, float | None]:
     """(wall seconds from start to end, median logged images/s) of a pretraining run."""
     from mlflow.exceptions import MlflowException
@@ -53,7 +98,17 @@ def _pretrain_cost(client, run_id: str) -> tuple[float | None, float | None]:
     return seconds, statistics.median(ips) if ips else None
 
 
-def collect(experiment: str, tracking_uri: str | None = None) -> list[Row]:
+def split_scores(metrics: dict[str, float]) -> dict[str, Score]:
+    """split -> Score from a run's metrics (`<split>_accuracy`, `_errors`, `_n`)."""
+    out = {}
+    for split in SPLITS:
+        if f"{split}_accuracy" in metrics:
+            out[split] = Score(metrics[f"{split}_accuracy"], metrics.get(f"{split}_errors"), metrics.get(f"{split}_n"))
+    return out
+
+
+def search(experiment: str, tracking_uri: str | None = None, parent_run: str | None = None) -> list:
+    """The finished fine-tune / linear / kNN / baseline runs of the experiment, newest first."""
     import mlflow
 
     from vitssl.tracking import resolve_tracking_uri
@@ -62,22 +117,36 @@ def collect(experiment: str, tracking_uri: str | None = None) -> list[Row]:
     client = mlflow.MlflowClient(tracking_uri=uri)
     if client.get_experiment_by_name(experiment) is None:
         raise ValueError(f"no MLflow experiment {experiment!r} in {uri}")
-    mlflow.set_tracking_uri(uri)
-    runs = mlflow.search_runs(experiment_names=[experiment], output_format="list",
-                              filter_string="tags.`vitssl.stage` = 'finetune' and attributes.status = 'FINISHED'",
-                              order_by=["attributes.start_time DESC"])
+    exp_id = client.get_experiment_by_name(experiment).experiment_id
+    runs = []
+    for stage in STAGES:  # MLflow's filter has no IN for tags: one search per stage
+        query = f"tags.`vitssl.stage` = '{stage}' and attributes.status = 'FINISHED'"
+        if parent_run:
+            query += f" and tags.`mlflow.parentRunId` = '{parent_run}'"
+        runs += client.search_runs([exp_id], query, max_results=50_000)
+    return sorted(runs, key=lambda r: r.info.start_time, reverse=True)
+
+
+def collect(experiment: str, tracking_uri: str | None = None, parent_run: str | None = None) -> list[Row]:
+    import mlflow
+
+    from vitssl.tracking import resolve_tracking_uri
+
+    client = mlflow.MlflowClient(tracking_uri=resolve_tracking_uri(tracking_uri))
     latest: dict[tuple[str, str, str, str], object] = {}
-    for run in runs:  # newest first: the first seen of each key is the latest
+    for run in search(experiment, tracking_uri, parent_run):  # newest first: the first seen of a key is the latest
         t = run.data.tags
-        if "test_accuracy" not in run.data.metrics:
+        if not split_scores(run.data.metrics):
             continue
-        key = (t.get("vitssl.objective", "none"), t.get("variant", ""), t.get("vitssl.mode", "?"), t.get("vitssl.seed", "0"))
+        mode = "finetune" if t.get("vitssl.stage") == "baseline" else t.get("vitssl.mode", "?")
+        key = (t.get("vitssl.objective", "none"), t.get("variant", ""), mode, t.get("vitssl.seed", "0"))
         latest.setdefault(key, run)
     rows: dict[tuple[str, str], Row] = {}
     pretrain_seen: set[str] = set()
     for (objective, variant, mode, seed), run in latest.items():
         row = rows.setdefault((objective, variant), Row(objective, variant))
-        row.accuracy.setdefault(mode, []).append(run.data.metrics["test_accuracy"])
+        for split, score in split_scores(run.data.metrics).items():
+            row.scores.setdefault((mode, split), []).append(score)
         row.seeds.add(seed)
         parent = run.data.tags.get("vitssl.pretrain_run_id", "none")
         if parent != "none" and parent not in pretrain_seen:
@@ -90,13 +159,13 @@ def collect(experiment: str, tracking_uri: str | None = None) -> list[Row]:
     rank = {name: i for i, name in enumerate(ORDER)}
 
     def score(r: Row) -> list[float]:  # higher is better; a missing mode ranks last
-        return [-_mean_std(r.accuracy[m])[0] if m in r.accuracy else 0.0 for m in MODES]
+        return [-_mean_std(r.accuracy(m))[0] if (m, "test") in r.scores else 0.0 for m in MODES]
 
     return sorted(rows.values(), key=lambda r: (rank.get(r.objective, len(ORDER)), r.objective, score(r)))
 
 
 def label(row: Row) -> str:
-    name = row.objective if row.objective != "none" else "none (scratch)"
+    name = LABELS.get(row.objective, row.objective)
     return f"{name} [{row.variant}]" if row.variant else name
 
 
@@ -104,39 +173,66 @@ HEADER = ["objective", "seeds", "finetune acc (%)", "linear acc (%)", "kNN acc (
           "pretrain images/s"]
 
 
+def splits_of(rows: list[Row]) -> list[str]:
+    present = {split for r in rows for _, split in r.scores}
+    return [s for s in SPLITS if s in present]
+
+
 def to_markdown(rows: list[Row]) -> str:
-    lines = ["| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
-    for r in rows:
-        cells = [label(r), str(len(r.seeds))]
-        cells += [_fmt(r.accuracy.get(m, []), 100) for m in MODES]
-        cells += [_fmt(r.pretrain_time_s, digits=1), _fmt(r.pretrain_images_per_s, digits=0)]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+    """One table per evaluation split; test (the seeds' split) also lists the seeds' fine-tune numbers;
+    the other splits give the 95% Wilson interval of the pooled errors in brackets."""
+    splits = splits_of(rows)
+    parts = []
+    for split in splits:
+        header = HEADER + (["seeds' fine-tune (%)"] if split == "test" else [])
+        lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        for r in rows:
+            if not any(sp == split for _, sp in r.scores):
+                continue
+            cells = [label(r), str(len(r.seeds))]
+            cells += [_fmt_scores(r.scores.get((m, split), []), split != "test") for m in MODES]
+            cells += [_fmt(r.pretrain_time_s, digits=1), _fmt(r.pretrain_images_per_s, digits=0)]
+            if split == "test":
+                cells.append(f"{SEEDS_FINETUNE[r.objective]:.2f}" if r.objective in SEEDS_FINETUNE and not r.variant
+                             else "–")
+            lines.append("| " + " | ".join(cells) + " |")
+        table = "\n".join(lines) + "\n"
+        parts.append(table if len(splits) == 1 else f"{SPLIT_TITLES.get(split, split)}\n\n{table}")
+    return "\n".join(parts)
+
+
+CSV_FIELDS = ["objective", "variant", "mode", "split", "seeds", "accuracy_mean", "accuracy_std", "errors", "n",
+              "wilson_low", "wilson_high", "pretrain_time_s_mean", "pretrain_images_per_s_mean"]
 
 
 def write_csv(rows: list[Row], path: Path) -> None:
+    """Long format: one line per (objective, variant, mode, split)."""
     with open(path, "w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["objective", "seeds"] + [f"{m}_{s}" for m in (*MODES, "pretrain_time_s", "pretrain_images_per_s")
-                                             for s in ("mean", "std", "n")])
+        w.writerow(CSV_FIELDS)
         for r in rows:
-            cells: list = [label(r), len(r.seeds)]
-            for values in [r.accuracy.get(m, []) for m in MODES] + [r.pretrain_time_s, r.pretrain_images_per_s]:
-                mean, std = _mean_std(values)
-                cells += [f"{mean:.6g}", f"{std:.6g}", len(values)]
-            w.writerow(cells)
+            for (mode, split), scores in sorted(r.scores.items()):
+                mean, std = _mean_std([s.accuracy for s in scores])
+                interval = pooled_interval(scores)
+                errors = sum(s.errors for s in scores) if interval else ""
+                n = sum(s.n for s in scores) if interval else ""
+                w.writerow([r.objective, r.variant, mode, split, len(scores), f"{mean:.6g}", f"{std:.6g}", errors, n,
+                            *(f"{v:.6g}" for v in interval or ()), *([""] * 2 if interval is None else []),
+                            f"{_mean_std(r.pretrain_time_s)[0]:.6g}", f"{_mean_std(r.pretrain_images_per_s)[0]:.6g}"])
 
 
 def bar_figure(rows: list[Row], title: str):
     from vitssl.eval.plots import grouped_bars_figure
 
+    splits = splits_of(rows)
+    split = "test_large" if "test_large" in splits else splits[0]
     series = {}
     for mode in MODES:
-        stats = [_mean_std([100 * v for v in r.accuracy.get(mode, [])]) for r in rows]
+        stats = [_mean_std([100 * v for v in r.accuracy(mode, split)]) for r in rows]
         series[mode] = ([m for m, _ in stats], [s for _, s in stats])
     lows = [v for m, _ in series.values() for v in m if v == v]
     low = max(0.0, min(lows) - 5) if lows else 0.0
-    return grouped_bars_figure([label(r) for r in rows], series, "test accuracy (%)", title, (low, 100.5))
+    return grouped_bars_figure([label(r) for r in rows], series, f"{split} accuracy (%)", title, (low, 100.5))
 
 
 def write_outputs(rows: list[Row], out: Path, title: str) -> dict[str, Path]:
@@ -144,19 +240,24 @@ def write_outputs(rows: list[Row], out: Path, title: str) -> dict[str, Path]:
 
     out.mkdir(parents=True, exist_ok=True)
     paths = {"md": out / "comparison.md", "csv": out / "comparison.csv", "png": out / "comparison.png"}
-    paths["md"].write_text(f"# {title}\n\n" + to_markdown(rows))
-    write_csv(rows, paths["csv"])
+    tmp = {k: p.with_name(".tmp-" + p.name) for k, p in paths.items()}  # complete files or none
+    tmp["md"].write_text(f"# {title}\n\n" + to_markdown(rows))
+    write_csv(rows, tmp["csv"])
     fig = bar_figure(rows, title)
-    fig.savefig(paths["png"], dpi=100, bbox_inches="tight")
+    fig.savefig(tmp["png"], format="png", dpi=100, bbox_inches="tight")
     close(fig)
+    for k, p in paths.items():
+        tmp[k].replace(p)
     return paths
 
 
-def compare(experiment: str, tracking_uri: str | None = None, out: str | Path | None = None) -> str:
+def compare(experiment: str, tracking_uri: str | None = None, out: str | Path | None = None,
+            parent_run: str | None = None) -> str:
     """Build the table, write comparison.{md,csv,png} under `out` when given; return the markdown."""
-    rows = collect(experiment, tracking_uri)
+    rows = collect(experiment, tracking_uri, parent_run)
     if not rows:
-        raise ValueError(f"experiment {experiment!r} has no finished fine-tune runs")
+        raise ValueError(f"experiment {experiment!r} has no finished fine-tune runs"
+                         + (f" under study run {parent_run}" if parent_run else ""))
     if out is not None:
-        write_outputs(rows, Path(out), f"{experiment}: test accuracy by objective and mode")
+        write_outputs(rows, Path(out), f"{experiment}: accuracy by objective and mode")
     return to_markdown(rows)

@@ -1,0 +1,1 @@
+"""The study: every objective x every evaluation mode, scheduled over the machine's cores or GPUs."""

@@ -1,0 +1,104 @@
+"""What one study stage does inside a scheduler worker: pretrain, fine-tune / linear / kNN, pixel baselines.
+
+Each stage runs in-process with a one-process accelerator (the worker's slot: a share of the CPU
+threads or one GPU), writes its own log file and returns plain data (run id, seconds, images/s,
+metrics) to the study. Runs are children of the study's MLflow run (`run.parent_run_id`).
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+from pathlib import Path
+
+EVAL_SPLITS = ("test", "test_large", "val")  # the report's figures are of the first
+
+
+def split_count(shards: str | Path, split: str) -> int:
+    return int(json.loads((Path(shards) / "manifest.json").read_text())["splits"][split]["count"])
+
+
+@contextlib.contextmanager
+def _logged(log: str | Path):
+    """Send the stage's prints to its own log file."""
+    Path(log).parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "w") as f, contextlib.redirect_stdout(f), contextlib.redirect_stderr(f):
+        yield
+
+
+def _fresh_accelerator_state() -> None:
+    # A worker runs many stages: each builds its own Accelerator, as a fresh process would.
+    from accelerate.state import AcceleratorState, GradientState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
+
+
+def pretrain(config: str, overrides: list[str], log: str) -> dict:
+    from vitssl.config import PretrainConfig, load_config
+    from vitssl.engine.pretrain import run_pretrain
+
+    with _logged(log):
+        _fresh_accelerator_state()
+        cfg = load_config(PretrainConfig, config, overrides)
+        t0 = time.perf_counter()
+        result = run_pretrain(cfg)
+        seconds = time.perf_counter() - t0
+    images = cfg.run.epochs * split_count(cfg.data.shards, cfg.data.split)
+    return {"run_id": result.state.mlflow_run_id, "seconds": seconds, "images_per_s": images / seconds}
+
+
+def finetune(config: str, overrides: list[str], log: str) -> dict:
+    from vitssl.config import load_config
+    from vitssl.config.finetune import FinetuneConfig
+    from vitssl.engine.finetune import run_finetune
+
+    with _logged(log):
+        _fresh_accelerator_state()
+        cfg = load_config(FinetuneConfig, config, overrides)
+        t0 = time.perf_counter()
+        result = run_finetune(cfg)
+        seconds = time.perf_counter() - t0
+    train = split_count(cfg.data.shards, cfg.data.split)
+    if cfg.finetune.mode == "finetune":
+        images = cfg.run.epochs * train
+    else:  # one pass of the frozen encoder over the training and the evaluation images
+        images = train + sum(split_count(cfg.data.shards, s) for s in eval_splits_of(cfg))
+    return {"run_id": result.run_id, "seconds": seconds, "images_per_s": images / seconds,
+            "metrics": result.metrics}
+
+
+def eval_splits_of(cfg) -> list[str]:
+    return cfg.finetune.splits(cfg.data)
+
+
+def pixel_baselines(shards: str, tracking_uri: str, experiment: str, parent_run_id: str | None,
+                    seed: int, out: str, class_names: list[str]) -> dict:
+    """Logistic regression and an RBF SVM on raw pixels (vitssl.study.pixel_baselines), each an
+    MLflow run tagged like a fine-tune run so the comparison table lists them beside the encoders."""
+
+    from vitssl.data import load_split_tensors
+    from vitssl.study.pixel_baselines import BASELINES, fit_baseline
+    from vitssl.tracking import MlflowRun
+
+    data = {s: tuple(t.numpy() for t in load_split_tensors(shards, s)[:2]) for s in ("train", *EVAL_SPLITS)}
+    results = {}
+    for name in BASELINES:
+        t0 = time.perf_counter()
+        fit = fit_baseline(name, data)
+        tracker = MlflowRun(True, tracking_uri, experiment)
+        tags = {"vitssl.stage": "baseline", "vitssl.mode": "classifier", "vitssl.objective": name,
+                "vitssl.seed": str(seed), "vitssl.classes": ",".join(class_names)}
+        if parent_run_id:
+            tags["mlflow.parentRunId"] = parent_run_id
+        run_id = tracker.start(f"{name}-s{seed}", tags)
+        tracker.log_params({f"baseline.{k}": v for k, v in fit.params.items()} | {"data.shards": shards})
+        tracker.log_metrics(fit.metrics | {"train_time_s": time.perf_counter() - t0}, 0)
+        tracker.end("FINISHED")
+        folder = Path(out) / f"{name}-s{seed}"
+        folder.mkdir(parents=True, exist_ok=True)
+        tmp = folder / ".eval_metrics.json.tmp"
+        tmp.write_text(json.dumps({"params": fit.params, **fit.metrics}, indent=2))
+        tmp.replace(folder / "eval_metrics.json")
+        results[name] = {"run_id": run_id, "params": fit.params, "metrics": fit.metrics}
+    return results

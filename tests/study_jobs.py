@@ -1,0 +1,27 @@
+"""Jobs for the scheduler tests; stdlib only, so a spawned worker imports this module in no time."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+
+def stamp(log: str, name: str, fail: bool = False) -> str:
+    """Record the start and end of the job in `log`, optionally fail in between."""
+    with open(log, "a") as f:
+        f.write(f"start {name} {time.time()}\n")
+    if fail:
+        raise RuntimeError(f"{name} failed on purpose")
+    with open(log, "a") as f:
+        f.write(f"end {name} {time.time()}\n")
+    return name.upper()
+
+
+def meet(folder: str, name: str, partner: str, patience_s: float = 120.0) -> bool:
+    """True when `partner` started while this job was running: the two ran at the same time."""
+    Path(folder, name).touch()
+    deadline = time.monotonic() + patience_s
+    while time.monotonic() < deadline:
+        if Path(folder, partner).exists():
+            return True
+        time.sleep(0.05)
+    return False

@@ -1,0 +1,116 @@
+"""The study: the scheduler (dependencies, failures, concurrency) with real worker processes, the
+pixel baselines, and one end-to-end study whose MLflow children reproduce compare.py's CSV."""
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pytest
+
+from vitssl.study.pixel_baselines import fit_baseline
+from vitssl.study.scheduler import Job, Slots, run_jobs
+
+from launching import env
+from study_jobs import meet, stamp
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def events(log: Path) -> list[tuple[str, str, float]]:
+    return sorted(((kind, name, float(t)) for kind, name, t in (line.split() for line in log.read_text().splitlines())),
+                  key=lambda e: e[2])
+
+
+def test_scheduler_respects_dependencies_and_skips_after_a_failure(tmp_path):
+    log = str(tmp_path / "events.txt")
+    jobs = [Job("pre", stamp, dict(log=log, name="pre")),
+            Job("ft", stamp, dict(log=log, name="ft"), after=("pre",)),
+            Job("lin", stamp, dict(log=log, name="lin"), after=("pre",)),
+            Job("bad", stamp, dict(log=log, name="bad", fail=True)),
+            Job("after-bad", stamp, dict(log=log, name="after-bad"), after=("bad",)),
+            Job("solo", stamp, dict(log=log, name="solo"))]
+    reported = []
+    outcomes = run_jobs(jobs, Slots(workers=2, threads=1), reported.append)
+    assert {n: o.status for n, o in outcomes.items()} == {"pre": "done", "ft": "done", "lin": "done", "bad": "failed",
+                                                          "after-bad": "skipped", "solo": "done"}
+    assert outcomes["ft"].value == "FT" and "failed on purpose" in outcomes["bad"].error
+    assert sorted(o.name for o in reported) == sorted(outcomes)
+    when = {(kind, name): t for kind, name, t in events(Path(log))}
+    assert when[("start", "ft")] >= when[("end", "pre")] and when[("start", "lin")] >= when[("end", "pre")]
+    assert ("start", "after-bad") not in when
+
+
+def test_scheduler_runs_independent_jobs_at_the_same_time(tmp_path):
+    """Each job waits for the other to start: with one job at a time the first would give up."""
+    jobs = [Job("a", meet, dict(folder=str(tmp_path), name="a", partner="b")),
+            Job("b", meet, dict(folder=str(tmp_path), name="b", partner="a"))]
+    outcomes = run_jobs(jobs, Slots(workers=2, threads=1))
+    assert outcomes["a"].value is True and outcomes["b"].value is True
+
+
+def test_scheduler_rejects_unknown_dependencies():
+    with pytest.raises(ValueError, match="unknown jobs"):
+        run_jobs([Job("a", stamp, {}, after=("nope",))], Slots(1, 1))
+
+
+def test_pixel_baselines_choose_on_val_and_score_each_split_once():
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(3, 1, 6, 6))
+
+    def split(n):
+        y = np.repeat(np.arange(3), n)
+        return centres[y] + 0.3 * rng.normal(size=(len(y), 1, 6, 6)), y
+
+    data = {"train": split(20), "val": split(10), "test": split(10), "test_large": split(30)}
+    data["test_large"][1][:3] = (data["test_large"][1][:3] + 1) % 3  # three wrong labels: three errors
+    result = fit_baseline("pixels_logreg", data)
+    assert result.params["C"] in (0.01, 0.1, 1.0, 10.0)
+    assert result.metrics["test_large_n"] == 90 and result.metrics["test_large_errors"] == 3
+    assert result.metrics["test_large_accuracy"] == pytest.approx(87 / 90)
+    assert set(result.metrics) == {f"{s}_{k}" for s in ("val", "test", "test_large") for k in ("accuracy", "errors", "n")}
+
+
+@pytest.fixture(scope="module")
+def protocol_shards(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("shards") / "mnist012"
+    subprocess.run([sys.executable, "-m", "data_prep", "mnist", "--val-per-class", "100", "--large-test-rest",
+                    "--out", str(out)], check=True, cwd=ROOT, capture_output=True)
+    return out
+
+
+@pytest.mark.slow
+def test_study_runs_every_stage_as_a_child_and_search_runs_gives_the_table(protocol_shards, tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    cmd = [sys.executable, str(ROOT / "launch/study.py"), "--objectives", "scratch", "mae", "--jobs", "2",
+           "--shards", str(protocol_shards), "--out", str(tmp_path / "study"), "--tracking-uri", uri,
+           "--experiment", "e2e", "--pretrain-override", "run.epochs=1", "--finetune-override", "run.epochs=1",
+           "--finetune-override", "finetune.tsne=false", "--finetune-override", "finetune.linear_steps=20"]
+    out = subprocess.run(cmd, cwd=tmp_path, env=env(), capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert "study wall time" in out.stdout and "images/s" in out.stdout
+    client = mlflow.MlflowClient(uri)
+    exp = client.get_experiment_by_name("e2e").experiment_id
+    (study,) = client.search_runs([exp], "tags.`vitssl.stage` = 'study'")
+    assert study.info.status == "FINISHED" and study.data.metrics["wall_time_s"] > 0
+    children = client.search_runs([exp], f"tags.`mlflow.parentRunId` = '{study.info.run_id}'")
+    stages = sorted((r.data.tags["vitssl.stage"], r.data.tags.get("vitssl.objective"), r.data.tags.get("vitssl.mode", ""))
+                    for r in children)
+    # every run of the study is its child: 1 pretraining, 2 x 3 evaluations, 2 pixel baselines
+    assert len(children) == len(client.search_runs([exp])) - 1 == 1 + 6 + 2, stages
+    assert ("pretrain", "mae", "") in stages and ("finetune", "none", "knn") in stages
+    # the README's one-liner gives compare.py's numbers
+    mlflow.set_tracking_uri(uri)
+    df = mlflow.search_runs(experiment_names=["e2e"], filter_string="tags.`vitssl.stage` = 'finetune'")
+    with open(tmp_path / "study" / "comparison.csv") as f:
+        table = {(r["objective"], r["mode"], r["split"]): float(r["accuracy_mean"]) for r in csv.DictReader(f)}
+    for _, run in df.iterrows():
+        for split in ("val", "test", "test_large"):
+            key = (run["tags.vitssl.objective"], run["tags.vitssl.mode"], split)
+            assert table[key] == pytest.approx(run[f"metrics.{split}_accuracy"], abs=1e-6), key
+    metrics = json.loads((tmp_path / "study" / "runs" / "mae-s0-finetune" / "eval_metrics.json").read_text())
+    assert {"val_accuracy", "test_large_accuracy"} <= set(metrics)
