@@ -6,9 +6,9 @@
 Each case is one optimizer step loop as the trainer runs it (LR set before the step, backward,
 step, zero_grad; no host sync inside the timed loop), in bf16, with and without `torch.compile`,
 fed either from webdataset shards through the project's loader or from tensors already on the
-device, so the loader's share is the gap between the two. With more than one GPU (or `--procs 2`
-on CPU) the script also launches itself under `accelerate launch` with DDP and with DeepSpeed
-ZeRO-2 (configs/accelerate/) and reports both.
+device, so the loader's share is the gap between the two. With more than one GPU (`--smoke` on
+CPU: 2 processes, the MNIST config only) the script also launches itself under `accelerate launch`
+with DDP and with DeepSpeed ZeRO-2 (configs/accelerate/) and reports both.
 
 MFU = achieved model FLOP/s / device peak FLOP/s, with model FLOPs = 3 x forward matmul FLOPs
 (backward ~ 2 x forward) from the formula `mae_forward_flops` prints; a FlopCounterMode count of
@@ -221,9 +221,9 @@ def device_name(device: torch.device) -> str:
 # ---------------------------------------------------------------- multi-process
 
 
-def launch_worker(accelerate_config: str, procs: int, case: Case, data: str, args, shard_dir: Path) -> dict:
-    """This script under `accelerate launch`, one case; the main process prints the result as JSON."""
-    worker = {"case": asdict(case), "data": data, "shard_dir": str(shard_dir)}
+def launch_worker(accelerate_config: str, procs: int, case: Case, data: list[str], args, shard_dir: Path) -> list:
+    """This script under `accelerate launch`, one case per data mode; the main process prints JSON lines."""
+    worker = {"case": asdict(case), "data": data, "shard_dir": str(shard_dir)}  # data: a list of modes
     cmd = [str(Path(sys.executable).with_name("accelerate")), "launch", "--config_file", accelerate_config,
            "--num_processes", str(procs), "--main_process_port", str(args.port), __file__,
            "--worker", json.dumps(worker), "--batch", str(args.batch), "--mnist-batch", str(args.mnist_batch),
@@ -231,9 +231,9 @@ def launch_worker(accelerate_config: str, procs: int, case: Case, data: str, arg
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT / "ssl"), str(ROOT), str(ROOT / "benchmarks")]))
     out = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
     lines = [ln for ln in out.stdout.splitlines() if ln.startswith("{")]
-    if out.returncode != 0 or not lines:
+    if out.returncode != 0 or len(lines) != len(data):
         raise RuntimeError(f"{' '.join(cmd)} failed ({out.returncode}):\n{out.stderr[-3000:]}")
-    return json.loads(lines[-1])
+    return [json.loads(ln) for ln in lines]
 
 
 def distributed_configs(on_gpu: bool) -> dict[str, str]:
@@ -256,7 +256,9 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=8, help="loader worker processes for the shard cases")
     parser.add_argument("--compile", choices=["off", "on", "both"], default="both")
     parser.add_argument("--data", choices=["synthetic", "shards", "both"], default="both")
-    parser.add_argument("--procs", type=int, default=None, help="processes for DDP vs ZeRO-2 (default: GPU count)")
+    parser.add_argument("--procs", type=int, default=None, help="processes for DDP vs ZeRO-2 (default: GPU count; --smoke on CPU: 2)")
+    parser.add_argument("--dist-models", nargs="+", default=None,
+                        help="models for DDP vs ZeRO-2 (default: all; --smoke: the MNIST config)")
     parser.add_argument("--peak-tflops", type=float, default=None)
     parser.add_argument("--count-flops", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--cache", default=str(ROOT / "outputs/bench_gpu"), help="where generated shards are kept")
@@ -267,13 +269,16 @@ def main() -> None:
     if args.smoke:
         args.image_size, args.batch, args.mnist_batch = 64, 8, 32
         args.steps, args.warmup, args.workers = 2, 1, 1
+        args.dist_models = args.dist_models or ["mnist_config"]
+        args.procs = 2 if args.procs is None and not torch.cuda.is_available() else args.procs
     if args.worker:
         w = json.loads(args.worker)
-        result = run_case(Case(**w["case"]), w["data"], False, args, Path(w["shard_dir"]))
         from accelerate import PartialState
 
-        if PartialState().is_main_process:
-            print(json.dumps(result), flush=True)
+        for data in w["data"]:
+            result = run_case(Case(**w["case"]), data, False, args, Path(w["shard_dir"]))
+            if PartialState().is_main_process:
+                print(json.dumps(result), flush=True)
         return
     report(args)
 
@@ -301,10 +306,10 @@ def report(args) -> None:
                 r = run_case(case, data, compiled, args, shard_dir)
                 rows.append(row(case, data, "torch.compile" if compiled else "eager", r, model_flops, peak))
                 print(rows[-1], flush=True)
-        if procs > 1:
+        if procs > 1 and (args.dist_models is None or name in args.dist_models):
             for label, config in distributed_configs(on_gpu).items():
-                for data in data_modes:
-                    r = launch_worker(config, procs, case, data, args, shard_dir)
+                results = launch_worker(config, procs, case, data_modes, args, shard_dir)
+                for data, r in zip(data_modes, results, strict=True):
                     rows.append(row(case, data, f"eager, {label} x{procs}", r, model_flops, peak))
                     print(rows[-1], flush=True)
     body = summary(args, device, peak_text, rows)

@@ -34,7 +34,7 @@ ZERO2 = ROOT / "configs/accelerate/deepspeed_zero2.yaml"
 # them (warmup_epochs 2), so an LR applied one step late changes every update.
 STEPS = 30
 COMMON = ["data.batch_size=8", f"run.max_steps={STEPS}", "run.log_every=1", "run.checkpoint_every=8",
-          "optim.lr=1e-3", "run.figure_every=1"]  # figures after epoch 1: under ZeRO-3 a collective forward
+          "optim.lr=1e-3", "run.figure_every=1"]  # the figures' forward after epoch 1: collective under ZeRO-3
 # Tolerance against DDP: the same fp32 math summed in another order (DeepSpeed averages gradients in
 # flattened buckets and takes the clipping norm over partitions). Measured over these 30 steps: losses
 # within 6e-8, weights within 1e-7 -- except the attention's key bias. Softmax is invariant to it, so
@@ -101,7 +101,6 @@ def test_zero_trains_like_ddp_from_the_same_weights_and_data(runs, stage):
     tags = ds["run"].data.tags
     assert tags["distributed_type"] == "DistributedType.DEEPSPEED" and tags["world_size"] == "2"
     assert ds["run"].info.status == "FINISHED"
-    assert figures_logged(runs["cwd"], ds["run"].info.run_id)
     assert len(ds["loss"]) == len(ddp["loss"]) == STEPS
     assert ds["lr"] == pytest.approx(ddp["lr"], rel=1e-6)  # the same schedule, step for step
     assert abs(ddp["loss"][0] - ddp["loss"][-1]) > 100 * LOSS_ATOL  # the model did change
@@ -113,10 +112,6 @@ def test_zero_trains_like_ddp_from_the_same_weights_and_data(runs, stage):
         assert b[k].dtype == torch.float32 and b[k].shape == a[k].shape, k
         keep = without_key_bias(k, a[k])
         torch.testing.assert_close(b[k][keep], a[k][keep], atol=WEIGHT_ATOL, rtol=0, msg=k)
-
-
-def figures_logged(cwd: Path, run_id: str) -> list[str]:
-    return [a.path for a in client(cwd).list_artifacts(run_id, "figures")]
 
 
 def without_key_bias(name: str, w: torch.Tensor) -> torch.Tensor:
@@ -154,7 +149,6 @@ def test_bf16_trains_and_exports_fp32_master_weights_that_finetuning_loads(mnist
     assert tags["precision"] == "bf16" and tags["distributed_type"] == "DistributedType.DEEPSPEED"
     assert rec["run"].info.status == "FINISHED"
     assert len(rec["loss"]) == 3 and all(torch.isfinite(torch.tensor(rec["loss"])))
-    assert figures_logged(tmp_path, rec["run"].info.run_id)
 
     exported = weights(rec["checkpoint"])
     module = bf16_module_weights(rec["checkpoint"])
