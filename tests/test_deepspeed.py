@@ -39,9 +39,10 @@ COMMON = ["data.batch_size=8", f"run.max_steps={STEPS}", "run.log_every=1", "run
 # flattened buckets and takes the clipping norm over partitions). Measured over these 30 steps: losses
 # within 6e-8, weights within 1e-7 -- except the attention's key bias. Softmax is invariant to it, so
 # its exact gradient is 0 and what remains is rounding noise, which Adam scales up to steps of the
-# LR's size with random signs (~1e-5 apart after 30 steps, in DDP vs DDP-like runs alike). It is left
-# out of the comparison. An LR applied one step late moved weights by 1e-2 here.
+# LR's size with random signs (up to 1e-5 apart after 30 steps). It is left out of the comparison.
+# An LR applied one step late moved weights by 1e-2 here (measured).
 WEIGHT_ATOL, LOSS_ATOL = 1e-6, 1e-6
+
 
 def ds_cmd(accelerate_config: Path, overrides: list[str], *launcher_args: str) -> list[str]:
     return [ACCELERATE, "launch", "--config_file", str(accelerate_config), "--num_processes", "2",
