@@ -164,7 +164,13 @@ def synthetic_batches(cfg: PretrainConfig, n_patches: int, device: torch.device)
 
 def run_case(case: Case, data: str, compiled: bool, args, shard_dir: Path) -> dict:
     """img/s (all processes) of one configuration; runs in this process under the current accelerate launch."""
-    from vitssl.engine.builders import build_accelerator, build_optimizer, model_dtype, to_model_input
+    from vitssl.engine.builders import (
+        build_accelerator,
+        build_optimizer,
+        cast_float_buffers,
+        model_dtype,
+        to_model_input,
+    )
 
     cfg = pretrain_config(case, str(shard_dir), args.batch if case.model != "mnist_config" else args.mnist_batch)
     accelerator = build_accelerator(cfg.run, cfg.data.batch_size)
@@ -175,6 +181,7 @@ def run_case(case: Case, data: str, compiled: bool, args, shard_dir: Path) -> di
     model = torch.compile(objective) if compiled else objective
     model, optimizer = accelerator.prepare(model, optimizer)
     dtype = model_dtype(model)  # bf16 under DeepSpeed, which casts the model instead of autocasting
+    cast_float_buffers(model, dtype)  # as the trainer does
     batches = (shard_batches(cfg, objective.sample_transform(), accelerator, args.workers) if data == "shards"
                else synthetic_batches(cfg, n_patches, accelerator.device))
 
