@@ -48,7 +48,14 @@ def test_train_from_http_and_from_a_pipe_source(mnist012, tmp_path):
     assert len(losses[0]) == 3
     # one train shard: local data gets 8 streams, remote data one per shard; same data, other order
     assert losses[0] == losses[1]
-    assert all(mlc.get_run(last_lines(out)["mlflow run id"]).info.status == "FINISHED" for out in (http, pipe, local))
+    runs = [mlc.get_run(last_lines(out)["mlflow run id"]) for out in (http, pipe, local)]
+    assert all(run.info.status == "FINISHED" for run in runs)
+    # the shards as MLflow dataset inputs, whatever their source. The same manifest has the same digest,
+    # so MLflow files the local run under the dataset the HTTP run logged first.
+    sources = [{d.dataset.source_type for d in run.inputs.dataset_inputs} for run in runs]
+    assert sources[:2] == [{"http"}, {"code"}]
+    digests = [{d.dataset.digest for d in run.inputs.dataset_inputs} for run in runs]
+    assert digests[0] == digests[2] and len(digests[0]) == 2
 
 
 def test_six_epochs_on_uneven_shards_with_two_processes(shards_201, tmp_path):

@@ -8,6 +8,7 @@ import json
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import mlflow
@@ -22,6 +23,7 @@ from vitssl.models import encoder_export, make_encoder
 from vitssl.tracking.encoder_model import log_encoder
 from vitssl.tracking.handoff import HandoffError, fetch_encoder, link_pretrained
 from vitssl.tracking.lineage import log_shard_inputs, source_tags
+from vitssl.tracking.system_metrics import SystemMetrics
 
 ROOT = Path(__file__).resolve().parents[1]
 FINETUNE = ROOT / "configs/mnist012/finetune.yaml"
@@ -177,3 +179,19 @@ def test_the_cli_reports_a_bad_handoff_in_one_line_and_writes_nothing(store, mni
         assert code == 2 and err.startswith(f"error: finetune.pretrained={spec!r}") and "\n" not in err, err
     assert not (tmp_path / "out").exists()
     assert len(s["client"].search_runs([s["client"].get_run(s["run_id"]).info.experiment_id])) == runs_before
+
+
+def test_system_metrics_switch_logs_system_metrics_only_when_on(store):
+    s = store
+    exp = s["client"].get_run(s["run_id"]).info.experiment_id
+    for enabled in (True, False):
+        run_id = s["client"].create_run(exp).info.run_id
+        monitor = SystemMetrics(enabled, s["uri"], interval_s=0.5)
+        monitor.start(run_id)
+        deadline = time.time() + 30  # the first sample is logged after one interval
+        while enabled and time.time() < deadline and not s["client"].get_run(run_id).data.metrics:
+            time.sleep(0.5)
+        monitor.stop()
+        keys = set(s["client"].get_run(run_id).data.metrics)
+        assert ("system/cpu_utilization_percentage" in keys) == enabled, keys
+        assert all(k.startswith("system/") for k in keys)

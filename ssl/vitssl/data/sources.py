@@ -122,3 +122,18 @@ def split_shards(spec: str | Path, split: str, check_sha: bool = True) -> list[S
         raise DataError(f"{spec}: manifest.json has no 'splits': re-run python -m data_prep")
     info = split_info(manifest, split, spec)
     return [Shard(_join(base, s["name"]), s["count"], s.get("bytes"), s.get("sha256")) for s in info["shards"]]
+
+
+def source_manifest(spec: str | Path, splits: list[str]) -> dict:
+    """The manifest behind any ``data.shards``; for a URL list, one made from the counts and sha256s read
+    (covering ``splits``)."""
+    spec = str(spec)
+    if is_url_list(spec):
+        return {"dataset": "shard URLs", "command": spec, "splits": {
+            split: {"count": sum(s.count for s in shards),
+                    "shards": [{"name": s.url, "count": s.count, "bytes": s.bytes, "sha256": s.sha256}
+                               for s in shards]}
+            for split in splits for shards in [split_shards(spec, split)]}}
+    if local_path(spec) is not None:
+        return load_manifest(local_path(spec))
+    return _remote_manifest(spec)

@@ -7,7 +7,7 @@ During the run: each call is queued and sent by one background thread, so traini
 on HTTP. When a call fails, it and every call after it go to the spool in the run folder
 (`mlflow-spool/`, see `spool.py`), the thread probes the server every `probe_every` seconds and,
 once it answers, replays the spool in order and carries on. `close()` waits at most
-`close_timeout` seconds; whatever is still unsent stays in the spool, and the next start in the
+`close_timeout` seconds without progress; whatever is still unsent stays in the spool, and the next start in the
 same folder (a resume) or `python -m vitssl.tracking.spool <run folder>` replays it.
 """
 from __future__ import annotations
@@ -143,8 +143,12 @@ class BufferedRun:
         self.close()
 
     def close(self) -> None:
-        deadline = time.monotonic() + self.close_timeout
+        # Wait while the sender makes progress (a slow but live server gets every call); give up
+        # after `close_timeout` seconds without progress (a dead one: the rest goes to the spool).
+        left, deadline = self._queue.unfinished_tasks, time.monotonic() + self.close_timeout
         while self._queue.unfinished_tasks and time.monotonic() < deadline:
+            if self._queue.unfinished_tasks < left:
+                left, deadline = self._queue.unfinished_tasks, time.monotonic() + self.close_timeout
             time.sleep(0.05)
         with self._switch:
             self.offline = True  # from now on the sender spools instead of sending
@@ -193,6 +197,8 @@ class BufferedRun:
                 self.spool.folder.mkdir(parents=True, exist_ok=True)
                 with open(self.spool.folder / REJECTED_FILE, "a") as f:
                     f.write(json.dumps({"method": method, "kwargs": kwargs, "error": _reason(err)}) + "\n")
+                print(f"warning: MLflow refused {method} ({_reason(err)}); kept in "
+                      f"{self.spool.folder / REJECTED_FILE}", flush=True)
                 return
             print(f"warning: MLflow at {self.tracking_uri} unreachable ({_reason(err)}); training goes on, "
                   f"calls are kept in {self.spool.ops_file} until it is back", flush=True)

@@ -11,7 +11,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from vitssl.data.manifest import load_manifest, split_info
+from vitssl.data.manifest import split_info
+from vitssl.data.sources import is_url_list, local_path, source_manifest
 from vitssl.tracking.mlflow_run import git_commit
 
 CONTEXT_TAG = "mlflow.data.context"
@@ -42,20 +43,34 @@ def split_sha256(manifest: dict, split: str, shard_dir: str | Path) -> str:
 def shard_dataset(shard_dir: str | Path, split: str):
     """The `split` of the shards in `shard_dir` as an MLflow dataset entity: the manifest's digest, its
     source and counts (the profile the UI shows)."""
-    from mlflow.data.dataset_source_registry import resolve_dataset_source
     from mlflow.data.meta_dataset import MetaDataset
     from mlflow.entities import Dataset
 
-    manifest = load_manifest(shard_dir)
+    manifest = source_manifest(shard_dir, [split])
     info = split_info(manifest, split, shard_dir)
     sha = split_sha256(manifest, split, shard_dir)
     profile = {"split": split, "num_samples": info["count"], "per_class": info.get("per_class", {}),
                "num_shards": len(info["shards"]), "classes": manifest.get("classes", []), "sha256": sha,
                "data_source": manifest.get("source", {}), "prep_command": manifest.get("command", "")}
-    meta = MetaDataset(resolve_dataset_source(str(Path(shard_dir).resolve())),  # a "local" source
+    meta = MetaDataset(_dataset_source(str(shard_dir)),
                        name=f"{manifest.get('dataset', Path(shard_dir).name)}-{split}", digest=sha[:DIGEST_CHARS])
     entity = meta._to_mlflow_entity()  # MetaDataset carries no profile: add the counts to its entity
     return Dataset(entity.name, entity.digest, entity.source_type, entity.source, profile=json.dumps(profile))
+
+
+def _dataset_source(spec: str):
+    """MLflow's source for ``data.shards``: a local folder, an http(s)/file URL, or (``pipe:`` commands,
+    which MLflow has no type for) a code source tagged with the spec."""
+    from mlflow.data.code_dataset_source import CodeDatasetSource
+    from mlflow.data.dataset_source_registry import resolve_dataset_source
+    from mlflow.exceptions import MlflowException
+
+    if local_path(spec) is not None and not is_url_list(spec):
+        return resolve_dataset_source(str(Path(spec).resolve()))  # a "local" source
+    try:
+        return resolve_dataset_source(spec)
+    except MlflowException:
+        return CodeDatasetSource({"vitssl.data.shards": spec})
 
 
 def log_shard_inputs(client, run_id: str, shard_dir: str | Path, inputs: list[tuple[str, str]]) -> None:
