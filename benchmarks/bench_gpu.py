@@ -6,9 +6,9 @@
 Each case is one optimizer step loop as the trainer runs it (LR set before the step, backward,
 step, zero_grad; no host sync inside the timed loop), in bf16, with and without `torch.compile`,
 fed either from webdataset shards through the project's loader or from tensors already on the
-device, so the loader's share is the gap between the two. With more than one GPU (or `--procs 2`
-on CPU) the script also launches itself under `accelerate launch` with DDP and with DeepSpeed
-ZeRO-2 (configs/accelerate/) and reports both.
+device, so the loader's share is the gap between the two. With more than one GPU (`--smoke` on
+CPU: 2 processes, the MNIST config only) the script also launches itself under `accelerate launch`
+with DDP and with DeepSpeed ZeRO-2 (configs/accelerate/) and reports both.
 
 MFU = achieved model FLOP/s / device peak FLOP/s, with model FLOPs = 3 x forward matmul FLOPs
 (backward ~ 2 x forward) from the formula `mae_forward_flops` prints; a FlopCounterMode count of
@@ -164,7 +164,13 @@ def synthetic_batches(cfg: PretrainConfig, n_patches: int, device: torch.device)
 
 def run_case(case: Case, data: str, compiled: bool, args, shard_dir: Path) -> dict:
     """img/s (all processes) of one configuration; runs in this process under the current accelerate launch."""
-    from vitssl.engine.builders import build_accelerator, build_optimizer, model_dtype, to_model_input
+    from vitssl.engine.builders import (
+        build_accelerator,
+        build_optimizer,
+        cast_float_buffers,
+        model_dtype,
+        to_model_input,
+    )
 
     cfg = pretrain_config(case, str(shard_dir), args.batch if case.model != "mnist_config" else args.mnist_batch)
     accelerator = build_accelerator(cfg.run, cfg.data.batch_size)
@@ -175,6 +181,7 @@ def run_case(case: Case, data: str, compiled: bool, args, shard_dir: Path) -> di
     model = torch.compile(objective) if compiled else objective
     model, optimizer = accelerator.prepare(model, optimizer)
     dtype = model_dtype(model)  # bf16 under DeepSpeed, which casts the model instead of autocasting
+    cast_float_buffers(model, dtype)  # as the trainer does
     batches = (shard_batches(cfg, objective.sample_transform(), accelerator, args.workers) if data == "shards"
                else synthetic_batches(cfg, n_patches, accelerator.device))
 
@@ -221,9 +228,9 @@ def device_name(device: torch.device) -> str:
 # ---------------------------------------------------------------- multi-process
 
 
-def launch_worker(accelerate_config: str, procs: int, case: Case, data: str, args, shard_dir: Path) -> dict:
-    """This script under `accelerate launch`, one case; the main process prints the result as JSON."""
-    worker = {"case": asdict(case), "data": data, "shard_dir": str(shard_dir)}
+def launch_worker(accelerate_config: str, procs: int, case: Case, data: list[str], args, shard_dir: Path) -> list:
+    """This script under `accelerate launch`, one case per data mode; the main process prints JSON lines."""
+    worker = {"case": asdict(case), "data": data, "shard_dir": str(shard_dir)}  # data: a list of modes
     cmd = [str(Path(sys.executable).with_name("accelerate")), "launch", "--config_file", accelerate_config,
            "--num_processes", str(procs), "--main_process_port", str(args.port), __file__,
            "--worker", json.dumps(worker), "--batch", str(args.batch), "--mnist-batch", str(args.mnist_batch),
@@ -231,9 +238,9 @@ def launch_worker(accelerate_config: str, procs: int, case: Case, data: str, arg
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT / "ssl"), str(ROOT), str(ROOT / "benchmarks")]))
     out = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
     lines = [ln for ln in out.stdout.splitlines() if ln.startswith("{")]
-    if out.returncode != 0 or not lines:
+    if out.returncode != 0 or len(lines) != len(data):
         raise RuntimeError(f"{' '.join(cmd)} failed ({out.returncode}):\n{out.stderr[-3000:]}")
-    return json.loads(lines[-1])
+    return [json.loads(ln) for ln in lines]
 
 
 def distributed_configs(on_gpu: bool) -> dict[str, str]:
@@ -246,7 +253,7 @@ def distributed_configs(on_gpu: bool) -> dict[str, str]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--smoke", action="store_true", help="CPU-sized: 64x64 images, batch 8, 2 timed steps")
+    parser.add_argument("--smoke", action="store_true", help="CPU-sized: 64x64 images, batch 8, 2 timed steps; compile and DDP/ZeRO-2 for the MNIST config only")
     parser.add_argument("--models", nargs="+", default=["vit_ti", "vit_s", "vit_b", "mnist_config"])
     parser.add_argument("--image-size", type=int, default=224)
     parser.add_argument("--batch", type=int, default=256, help="per process, ViT cases")
@@ -255,8 +262,12 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=10)
     parser.add_argument("--workers", type=int, default=8, help="loader worker processes for the shard cases")
     parser.add_argument("--compile", choices=["off", "on", "both"], default="both")
+    parser.add_argument("--compile-models", nargs="+", default=None,
+                        help="models also run under torch.compile (default: all; --smoke: the MNIST config)")
     parser.add_argument("--data", choices=["synthetic", "shards", "both"], default="both")
-    parser.add_argument("--procs", type=int, default=None, help="processes for DDP vs ZeRO-2 (default: GPU count)")
+    parser.add_argument("--procs", type=int, default=None, help="processes for DDP vs ZeRO-2 (default: GPU count; --smoke on CPU: 2)")
+    parser.add_argument("--dist-models", nargs="+", default=None,
+                        help="models for DDP vs ZeRO-2 (default: all; --smoke: the MNIST config)")
     parser.add_argument("--peak-tflops", type=float, default=None)
     parser.add_argument("--count-flops", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--cache", default=str(ROOT / "outputs/bench_gpu"), help="where generated shards are kept")
@@ -267,13 +278,17 @@ def main() -> None:
     if args.smoke:
         args.image_size, args.batch, args.mnist_batch = 64, 8, 32
         args.steps, args.warmup, args.workers = 2, 1, 1
+        args.dist_models = args.dist_models or ["mnist_config"]
+        args.compile_models = args.compile_models or ["mnist_config"]  # inductor takes minutes a ViT on 2 cores
+        args.procs = 2 if args.procs is None and not torch.cuda.is_available() else args.procs
     if args.worker:
         w = json.loads(args.worker)
-        result = run_case(Case(**w["case"]), w["data"], False, args, Path(w["shard_dir"]))
         from accelerate import PartialState
 
-        if PartialState().is_main_process:
-            print(json.dumps(result), flush=True)
+        for data in w["data"]:
+            result = run_case(Case(**w["case"]), data, False, args, Path(w["shard_dir"]))
+            if PartialState().is_main_process:
+                print(json.dumps(result), flush=True)
         return
     report(args)
 
@@ -296,15 +311,16 @@ def report(args) -> None:
         shard_dir = (mnist_shards(cache / "mnist012") if name == "mnist_config"
                      else jpeg_shards(cache / f"noise{case.image}", case.image, images))
         model_flops = 3 * mae_forward_flops(case)
+        compiles = [c for c in compile_modes if not c or args.compile_models is None or name in args.compile_models]
         for data in data_modes:
-            for compiled in compile_modes:
+            for compiled in compiles:
                 r = run_case(case, data, compiled, args, shard_dir)
                 rows.append(row(case, data, "torch.compile" if compiled else "eager", r, model_flops, peak))
                 print(rows[-1], flush=True)
-        if procs > 1:
+        if procs > 1 and (args.dist_models is None or name in args.dist_models):
             for label, config in distributed_configs(on_gpu).items():
-                for data in data_modes:
-                    r = launch_worker(config, procs, case, data, args, shard_dir)
+                results = launch_worker(config, procs, case, data_modes, args, shard_dir)
+                for data, r in zip(data_modes, results, strict=True):
                     rows.append(row(case, data, f"eager, {label} x{procs}", r, model_flops, peak))
                     print(rows[-1], flush=True)
     body = summary(args, device, peak_text, rows)
@@ -324,7 +340,9 @@ def row(case: Case, data: str, mode: str, r: dict, model_flops: float, peak: flo
 
 
 def summary(args, device, peak_text: str, rows: list[str]) -> str:
-    return (f"{device_name(device)}, torch {torch.__version__}, bf16 (autocast; DeepSpeed casts the model), "
+    scope = ("CPU smoke run: it shows every code path runs (eager/compile, shards/synthetic, DDP/ZeRO-2), not GPU "
+             "speed; bf16 matmuls have no hardware support on these CPUs. " if device.type == "cpu" else "")
+    return (f"{scope}{device_name(device)}, torch {torch.__version__}, bf16 (autocast; DeepSpeed casts the model), "
             f"MAE drop, mask ratio 0.75, AdamW; per-process batch {args.batch} (ViT) / {args.mnist_batch} (MNIST "
             f"config); {args.warmup} warm-up + {args.steps} timed steps; shard cases read JPEG/PNG shards with "
             f"{args.workers} loader worker(s). Device peak: {peak_text}.\n\n"

@@ -1,6 +1,7 @@
 """Accelerator and optimizer: the pieces every run builds the same way."""
 from __future__ import annotations
 
+import contextlib
 import os
 
 import torch
@@ -102,6 +103,16 @@ def to_model_input(batch: dict, device: torch.device, dtype: torch.dtype) -> dic
         v = v.to(device, non_blocking=True)
         out[k] = v.to(dtype) if v.is_floating_point() and v.ndim >= 3 and v.dtype != dtype else v
     return out
+
+
+def gathered_parameters(accelerator: Accelerator, model: torch.nn.Module):
+    """Whole parameters for a forward outside the DeepSpeed engine (figures): ZeRO-3 gathers a module's
+    shards only inside the engine's own forward. Collective: every process must enter. A no-op elsewhere."""
+    if accelerator.distributed_type != DistributedType.DEEPSPEED:
+        return contextlib.nullcontext()
+    from deepspeed import zero
+
+    return zero.GatheredParameters(list(model.parameters()))
 
 
 def param_groups(model: torch.nn.Module, weight_decay: float, lr_scale: dict[str, float] | None = None):

@@ -16,6 +16,7 @@ import torch
 
 from vitssl.config import ConfigError
 from vitssl.config.finetune import FinetuneConfig
+from vitssl.engine.builders import gathered_parameters
 from vitssl.engine.pretrained import Pretrained, build_encoder, load_teacher, resolve_pretrained
 from vitssl.engine.run import RunSession
 from vitssl.eval import knn_predict, split_features, standardise, stream_split, train_linear_probe
@@ -104,11 +105,17 @@ def _finetune(run: RunSession, cfg: FinetuneConfig, encoder, pretrained: Pretrai
         return result
     net = run.accelerator.unwrap_model(run.trainer.model)
     net.eval()
+    dtype = run.trainer.input_dtype  # bf16 when DeepSpeed cast the model (nothing autocasts it)
+
+    def predict(x):
+        x = x.to(dtype)
+        return {"logits": net.logits(x).float(), "features": net.embed(x).float()}
+
     splits = []
-    for split in ft.splits(cfg.data):
-        out = stream_split(run.accelerator, cfg.data.shards, split, EVAL_BATCH,
-                           lambda x: {"logits": net.logits(x), "features": net.embed(x)}, cfg.data.check_sha)
-        splits.append(SplitPredictions(split, out["logits"].argmax(1), out["label"], out["features"]))
+    with gathered_parameters(run.accelerator, net):  # ZeRO-3: whole weights for a forward outside the engine
+        for split in ft.splits(cfg.data):
+            out = stream_split(run.accelerator, cfg.data.shards, split, EVAL_BATCH, predict, cfg.data.check_sha)
+            splits.append(SplitPredictions(split, out["logits"].argmax(1), out["label"], out["features"]))
     if run.is_main:
         h = fit.state.history
         curves = {"loss": {"train (epoch mean)": h.get("epoch_loss", [])},

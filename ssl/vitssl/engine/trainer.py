@@ -23,7 +23,7 @@ from accelerate import Accelerator
 from accelerate.utils import DistributedType
 from tqdm.auto import tqdm
 
-from vitssl.engine.builders import cast_float_buffers, model_dtype, to_model_input
+from vitssl.engine.builders import cast_float_buffers, gathered_parameters, model_dtype, to_model_input
 from vitssl.engine.checkpoint import Checkpointer, load_checkpoint
 from vitssl.engine.plan import TrainingPlan, set_lr
 from vitssl.tracking import MlflowRun
@@ -309,7 +309,7 @@ class Trainer:
         was_training = model.training
         model.eval()
         batch = to_model_input(self.figure_batch, acc.device, self.input_dtype)
-        with acc.autocast():
+        with gathered_parameters(acc, model), acc.autocast():
             figures = model.figures(batch)
         model.train(was_training)
         for name, fig in figures.items():
