@@ -4,7 +4,7 @@
         --grid optim.lr=1e-3,3e-3 run.epochs=30,60 model.embed_dim=64,128 [--set data.shards=...] \
         [--script finetune|pretrain] [--out runs/sweep] [--dry-run]
 
-Each combination is one `accelerate launch` subprocess (see launch/study.py for the devices) with
+Each combination is one `accelerate launch` subprocess (every GPU, or one single-thread CPU process) with
 run.output_dir=<out>/<variant>, and the MLflow tag `variant` naming its values (e.g.
 "lr=0.001 epochs=30 embed_dim=64"), so `launch/compare.py --experiment <run.experiment>` lists and
 ranks the combinations. Every combination's config is validated before the first run starts.
@@ -13,15 +13,18 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import os
+import subprocess
 import sys
 from pathlib import Path
 
-from study import launch
+import torch
 
 from vitssl.config import ConfigError, PretrainConfig, load_config
 from vitssl.config.finetune import FinetuneConfig
 from vitssl.config.load import parse_override
 
+ROOT = Path(__file__).resolve().parents[1]
 SCHEMAS = {"finetune": FinetuneConfig, "pretrain": PretrainConfig}
 
 
@@ -44,6 +47,30 @@ def combinations(grid: list[tuple[str, list[str]]]) -> list[list[str]]:
 def variant_name(overrides: list[str]) -> str:
     """["optim.lr=1e-3", "run.epochs=30"] -> "lr=1e-3 epochs=30"."""
     return " ".join(o.split("=", 1)[0].rsplit(".", 1)[-1] + "=" + o.split("=", 1)[1] for o in overrides)
+
+
+def accelerate_args() -> list[str]:
+    """`accelerate launch` options: every GPU of the machine, or one single-thread CPU process (the
+    models are tiny: more threads only fight over a small machine's cores)."""
+    gpus = torch.cuda.device_count()
+    if gpus > 1:
+        return ["--config_file", str(ROOT / "configs/accelerate/gpu_multi.yaml"), "--num_processes", str(gpus)]
+    if gpus == 1:
+        return ["--config_file", str(ROOT / "configs/accelerate/gpu_1.yaml")]
+    return ["--config_file", str(ROOT / "configs/accelerate/cpu_1proc.yaml"), "--num_cpu_threads_per_process", "1"]
+
+
+def launch(script: str, config: Path, overrides: list[str], log: Path) -> None:
+    cmd = [str(Path(sys.executable).with_name("accelerate")), "launch", *accelerate_args(),
+           str(ROOT / "launch" / script), "--config", str(config), *overrides]
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "w") as f:
+        f.write(" ".join(cmd) + "\n")
+        f.flush()
+        code = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, env=dict(os.environ, PYTHONUNBUFFERED="1")).returncode
+    if code != 0:
+        tail = log.read_text().splitlines()[-15:]
+        raise RuntimeError(f"{script} failed (exit {code}); log {log}:\n" + "\n".join(tail))
 
 
 def main(argv: list[str] | None = None) -> int:
