@@ -30,7 +30,7 @@ from pathlib import Path
 
 from vitssl.config import ConfigError, PretrainConfig, load_config
 from vitssl.engine.checkpoint import TRAINER_STATE, latest_checkpoint
-from vitssl.eval.compare import compare
+from vitssl.eval.compare import SEEDS_FINETUNE, compare
 from vitssl.study import stages
 from vitssl.study.scheduler import Job, Outcome, plan_slots, run_jobs
 from vitssl.tracking import MlflowRun, git_commit, resolve_tracking_uri
@@ -60,6 +60,14 @@ def eval_splits(shards: Path) -> list[str]:
                           f"--val-per-class 100 --large-test-rest --unlabeled-rest --out {shards}")
     present = json.loads(manifest.read_text())["splits"]
     return [s for s in stages.EVAL_SPLITS if s in present]
+
+
+def seeds_protocol(shards: Path) -> bool:
+    """The seeds' MNIST 0/1/2 split (embedded digits, 100 train + 100 test a class): their numbers apply."""
+    m = json.loads((shards / "manifest.json").read_text())
+    o = m.get("options", {})
+    return (o.get("source") == "embedded" and o.get("digits") == [0, 1, 2] and o.get("train_per_class") == 100
+            and o.get("test_per_class") == 100 and o.get("seed") == 0)
 
 
 def build_jobs(args, out: Path, configs: Path, common: list[str], splits: list[str], uri: str,
@@ -187,7 +195,8 @@ def main(argv: list[str] | None = None) -> int:
     tracker.log_metrics({"wall_time_s": total}, 0)
     print(f"\nstudy wall time {total:.0f} s ({len(outcomes)} stages on {slots.workers} workers)")
     try:
-        print("\n" + compare(args.experiment, uri, out))
+        reference = SEEDS_FINETUNE if seeds_protocol(shards) else None
+        print("\n" + compare(args.experiment, uri, out, reference=reference))
         print(f"written: {out}/comparison.md, comparison.csv, comparison.png")
     except ValueError as e:
         failures.append(f"compare: {e}")
