@@ -79,7 +79,7 @@ def build_jobs(args, out: Path, configs: Path, common: list[str], splits: list[s
     if (args.pixel_baselines and "val" in splits
             and not (out / "runs" / "pixels_svm_rbf-s0" / "eval_metrics.json").is_file()):
         jobs.append(Job("pixel baselines", stages.pixel_baselines, dict(
-            shards=str(Path(args.shards).resolve()), tracking_uri=uri, experiment=args.experiment,
+            shards=str(Path(args.shards).resolve()), splits=splits, tracking_uri=uri, experiment=args.experiment,
             parent_run_id=parent, seed=0, out=str(out / "runs"),
             class_names=json.loads((Path(args.shards) / "manifest.json").read_text())["classes"]), cost=0.5))
     variants = [("", "train")] + ([("extra", "unlabeled")] if args.extra_data else [])
