@@ -151,6 +151,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--configs", default=str(ROOT / "configs/mnist012"),
                         help="folder with <objective>.yaml pretrain configs and finetune.yaml")
     parser.add_argument("--jobs", type=int, default=None, help="concurrent stages (default: CPU cores, or GPUs)")
+    parser.add_argument("--threads", type=int, default=1, help="CPU threads per worker (no GPU)")
     parser.add_argument("--extra-data", action="store_true",
                         help="also pretrain on the shards' 'unlabeled' split (label-free extra data), its own rows")
     parser.add_argument("--pixel-baselines", action=argparse.BooleanOptionalAction, default=True,
@@ -167,8 +168,8 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [o for o in args.objectives if o not in OBJECTIVES]
     if unknown:
         parser.error(f"unknown objective(s) {unknown}; choose from {OBJECTIVES}")
-    if args.jobs is not None and args.jobs < 1:
-        parser.error(f"--jobs must be at least 1, got {args.jobs}")
+    if args.jobs is not None and args.jobs < 1 or args.threads < 1:
+        parser.error(f"--jobs and --threads must be at least 1, got {args.jobs} and {args.threads}")
 
     start = time.perf_counter()
     uri = resolve_tracking_uri(args.tracking_uri)
@@ -184,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    slots = plan_slots(args.jobs)
+    slots = plan_slots(args.jobs, args.threads)
     os.environ["TQDM_DISABLE"] = "1"  # the workers' progress bars; tqdm reads it when imported
     print(f"study run {parent}: {len(jobs)} stages on {slots.workers} worker(s) x {slots.threads} thread(s)"
           f"{' (one GPU each)' if slots.gpus else ''}; evaluated on {', '.join(splits)}; logs in {out}/logs",
