@@ -1,4 +1,4 @@
-"""``python -m data_prep {mnist,tiny-imagenet,summary}``: argument parsing and the one error exit."""
+"""``python -m data_prep {mnist,tiny-imagenet,summary,index}``: argument parsing and the one error exit."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from pathlib import Path
 
 from data_prep import mnist, tiny_imagenet
 from data_prep.errors import DataPrepError
+from data_prep.index import index, index_summary
 from data_prep.writer import read_manifest, summary, write_dataset
 
 
@@ -63,6 +64,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(p, "all")
     p = sub.add_parser("summary", help="print the summary of an existing shard directory")
     p.add_argument("out", type=Path)
+    p = sub.add_parser("index", help="write manifest.json for existing shards (local, http(s)://, pipe:)")
+    p.add_argument("urls", nargs="+", help="shard URLs; brace patterns such as train-{000000..000009}.tar")
+    p.add_argument("--out", required=True, type=Path, help="folder for manifest.json (train with data.shards=<it>)")
+    p.add_argument("--split", help="put every shard in this split (default: from names <split>-NNNNNN.tar)")
     return parser
 
 
@@ -84,7 +89,10 @@ def run(argv: list[str]) -> str:
         manifest = read_manifest(args.out)
         if manifest is None:
             raise DataPrepError(f"no readable manifest.json in {args.out}: run `python -m data_prep` first")
-        return summary(manifest, args.out)
+        return index_summary(manifest, args.out) if manifest.get("dataset") == "index" else summary(manifest, args.out)
+    if args.command == "index":
+        manifest = index(args.urls, args.out, args.split, shlex.join(["python", "-m", "data_prep", *argv]))
+        return index_summary(manifest, args.out)
     train, test = _limits(args)
     options = {"train_per_class": train, "test_per_class": test, "seed": args.seed,
                "shard_max_count": args.shard_max_count, "shard_max_bytes": args.shard_max_bytes}

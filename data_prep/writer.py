@@ -192,12 +192,17 @@ def write_dataset(out: Path, head: dict, splits: dict[str, SplitSource], *,
     False when ``out`` was already up to date and nothing was touched.
     """
     head = {"format_version": FORMAT_VERSION, **head}
+    if out.exists() and not out.is_dir():
+        raise DataPrepError(f"--out {out} is an existing file, not a directory: pass a directory path")
     if is_up_to_date(out, head):
         return read_manifest(out), False
     created = not out.exists()
-    out.mkdir(parents=True, exist_ok=True)
-    for stale in out.glob(TMP_PREFIX + "*"):  # left by a killed run; never part of a complete dataset
-        stale.unlink()
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        for stale in out.glob(TMP_PREFIX + "*"):  # left by a killed run; never part of a complete dataset
+            stale.unlink()
+    except OSError as err:
+        raise DataPrepError(f"--out {out}: cannot write there ({err.strerror}): pass a directory you can write to") from None
     temp_files: list[Path] = []
     try:
         manifest = dict(head, splits={})
@@ -205,11 +210,14 @@ def write_dataset(out: Path, head: dict, splits: dict[str, SplitSource], *,
             manifest["splits"][split] = _write_split(
                 out, split, source, head["classes"], (shard_max_count, shard_max_bytes), temp_files)
         _commit(out, manifest)
-    except BaseException:
+    except BaseException as err:
         for path in temp_files:
             path.unlink(missing_ok=True)
         if created and not any(out.iterdir()):
             out.rmdir()
+        if isinstance(err, OSError):  # disk full, permissions changed under us: nothing was kept
+            raise DataPrepError(f"writing shards into {out} failed ({err.strerror or err}); "
+                                "nothing was kept: free space or fix permissions and run again") from None
         raise
     return manifest, True
 

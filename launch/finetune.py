@@ -1,7 +1,8 @@
 """Fine-tune, linear-probe or kNN-evaluate a pretrained encoder on the labelled split; report on the test split.
 
     accelerate launch [--config_file ...] launch/finetune.py --config configs/mnist012/finetune.yaml \
-        finetune.pretrained=<run id | runs:/<id> | checkpoint folder | pretrain output dir | none> \
+        finetune.pretrained=<runs:/<id> | models:/<name>/<version|alias> | models:/<model_id> | run id
+                             | checkpoint folder | pretrain output dir | none> \
         finetune.mode=finetune|linear|knn [key.sub=value ...]
 """
 from __future__ import annotations
@@ -13,8 +14,9 @@ from accelerate import PartialState
 
 from vitssl.config import load_config
 from vitssl.config.finetune import FinetuneConfig
-from vitssl.engine.errors import USER_ERRORS
+from vitssl.engine.errors import EXIT_INTERRUPTED, EXIT_USER_ERROR, USER_ERRORS
 from vitssl.engine.finetune import run_finetune
+from vitssl.engine.lifetime import die_with_launcher
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -22,12 +24,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", required=True, help="YAML config (see configs/)")
     parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. finetune.mode=linear run.epochs=5")
     args = parser.parse_args(argv)
+    die_with_launcher()
     try:
         cfg = load_config(FinetuneConfig, args.config, args.overrides)
         result = run_finetune(cfg)
     except USER_ERRORS as e:
         print(f"error: {e}", file=sys.stderr)
-        return 2
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:  # Ctrl-C outside the training loop (setup, evaluation): nothing to save
+        print("interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    if result.interrupted:
+        if PartialState().is_main_process:
+            print("interrupted: run the same command again to resume (run.resume=auto)")
+            print(f"mlflow run id: {result.run_id}")
+        return EXIT_INTERRUPTED
     if PartialState().is_main_process:
         for split in cfg.finetune.splits(cfg.data):
             print(f"{split} accuracy: {result.metrics.get(f'{split}_accuracy', float('nan')):.4f}")

@@ -1,4 +1,8 @@
-"""A real `mlflow server` on 127.0.0.1 for integration tests."""
+"""A real `mlflow server` on 127.0.0.1 for integration tests.
+
+It proxies artifacts (`--serve-artifacts` into `--artifacts-destination`): runs get `mlflow-artifacts:/`
+URIs and clients upload and download through the server, needing only its URL, as on a cluster.
+"""
 from __future__ import annotations
 
 import subprocess
@@ -11,27 +15,38 @@ from pathlib import Path
 from launching import free_port
 
 
+def wait_healthy(url: str, proc: subprocess.Popen, timeout: float = 120) -> None:
+    deadline = time.time() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=2) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            pass
+        if proc.poll() is not None or time.time() > deadline:
+            raise RuntimeError(f"mlflow server did not start: {proc.stderr.read()[-2000:] if proc.stderr else ''}")
+        time.sleep(0.5)
+
+
+def start_server(root: Path, port: int) -> subprocess.Popen:
+    """A server on `port` over the stores in `root`: start it again on the same root to bring it back."""
+    mlflow_bin = str(Path(sys.executable).with_name("mlflow"))
+    return subprocess.Popen(
+        [mlflow_bin, "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+         "--backend-store-uri", f"sqlite:///{root / 'server.db'}", "--serve-artifacts",
+         "--artifacts-destination", str(root / "artifacts")],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        start_new_session=True)  # its own process group: the server and its uvicorn workers die together
+
+
 @contextmanager
 def mlflow_server(root: Path):
     port = free_port()
-    mlflow_bin = str(Path(sys.executable).with_name("mlflow"))
-    proc = subprocess.Popen(
-        [mlflow_bin, "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-         "--backend-store-uri", f"sqlite:///{root / 'server.db'}", "--artifacts-destination", str(root / "artifacts")],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = start_server(root, port)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.time() + 120
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}/health", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            if proc.poll() is not None or time.time() > deadline:
-                raise RuntimeError(f"mlflow server did not start: {proc.stderr.read()[-2000:] if proc.stderr else ''}")
-            time.sleep(0.5)
+        wait_healthy(url, proc)
         yield url
     finally:
         proc.terminate()

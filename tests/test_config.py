@@ -54,6 +54,7 @@ def test_missing_file_and_non_mapping(tmp_path):
         load_config(PretrainConfig, bad)
 
 
+@pytest.mark.slow
 def test_entry_point_rejects_bad_config_before_work(tmp_path):
     out = subprocess.run([sys.executable, str(ROOT / "launch/pretrain.py"), "--config", str(MAE_YAML),
                           "optim.wd=1", f"run.output_dir={tmp_path}/run"],
@@ -81,3 +82,16 @@ def test_the_config_a_run_writes_loads_back_to_the_same_config(path, tmp_path):
     saved = tmp_path / "config.yaml"
     saved.write_text(to_yaml(cfg))
     assert load_config(schema, saved, []).model_dump() == cfg.model_dump()
+
+
+def test_documented_precision_no_is_accepted_from_the_command_line_and_yaml(tmp_path):
+    assert load("run.precision=no").run.precision == "no"
+    yaml_file = tmp_path / "no.yaml"
+    yaml_file.write_text("run:\n  precision: no\n")
+    assert load_config(PretrainConfig, yaml_file, []).run.precision == "no"
+
+
+@pytest.mark.parametrize("value", [".inf", "inf", "nan", "-.inf"])
+def test_non_finite_learning_rate_is_one_error_naming_the_key(value):
+    with pytest.raises(ConfigError, match="optim.lr: Input should be a finite number"):
+        load(f"optim.lr={value}")

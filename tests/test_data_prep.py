@@ -15,6 +15,7 @@ import pytest
 from PIL import Image
 
 import data_prep.mnist
+import data_prep.writer
 from data_prep import DataPrepError
 from data_prep.cli import run
 from vitssl.data import load_split_tensors
@@ -238,12 +239,50 @@ def test_embedded_too_many_per_class(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow
 def test_cli_error_exits_2_without_traceback(tmp_path):
     out = tmp_path / "out"
     proc = subprocess.run([sys.executable, "-m", "data_prep", "mnist", "--source", f"idx:{tmp_path}",
                            "--out", str(out)], capture_output=True, text=True, cwd=REPO)
     assert proc.returncode == 2
     assert proc.stderr.startswith("error: missing IDX file") and "Traceback" not in proc.stderr
+    assert not out.exists()
+
+
+def test_out_that_is_a_file_is_one_error_line(tmp_path):
+    existing = tmp_path / "notes.txt"
+    existing.write_text("keep me")
+    proc = subprocess.run([sys.executable, "-m", "data_prep", "mnist", "--out", str(existing)],
+                          capture_output=True, text=True, cwd=REPO)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == f"error: --out {existing} is an existing file, not a directory: pass a directory path"
+    assert existing.read_text() == "keep me"
+
+
+def test_out_in_a_read_only_place_is_one_error_line():
+    out = Path("/sys/vitssl-shards")  # sysfs refuses new directories, even to root
+    if not Path("/sys").is_dir():
+        pytest.skip("no /sys on this system")
+    proc = subprocess.run([sys.executable, "-m", "data_prep", "mnist", "--out", str(out)],
+                          capture_output=True, text=True, cwd=REPO)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: --out {out}: cannot write there"), proc.stderr
+    assert not out.exists()
+
+
+def test_disk_error_while_writing_is_one_error_and_keeps_nothing(tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    real_add = data_prep.writer._add_member
+
+    def add_until_full(tar, name, data):
+        if name.startswith("test-"):
+            raise OSError(28, "No space left on device")
+        real_add(tar, name, data)
+
+    monkeypatch.setattr(data_prep.writer, "_add_member", add_until_full)
+    with pytest.raises(DataPrepError, match="No space left on device.*nothing was kept"):
+        run(["mnist", "--out", str(out), "--per-class", "10"])
     assert not out.exists()
 
 
@@ -358,6 +397,7 @@ def test_fashion_mnist_full_size(tmp_path):
         assert f.read(4) == (2049).to_bytes(4, "big")
 
 
+@pytest.mark.slow
 def test_import_ssl_is_the_standard_library():
     code = "import ssl, vitssl.data; assert hasattr(ssl, 'SSLContext'), ssl.__file__; print(ssl.__file__)"
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)

@@ -53,11 +53,16 @@ def ft_config(p: dict, out: Path, *overrides: str) -> FinetuneConfig:
 
 def test_every_way_of_naming_the_pretrained_encoder_finds_its_checkpoint(pretrained):
     p, uri = pretrained, pretrained["uri"]
+    saved = torch.load(p["checkpoint"] / "encoder.pt", weights_only=True)["state_dict"]
     for spec in (p["run_id"], f"runs:/{p['run_id']}", str(p["checkpoint"]), str(p["root"] / "mae")):
         found = resolve_pretrained(spec, uri)
-        assert found.folder.resolve() == p["checkpoint"].resolve(), spec
+        if found.handoff is None:  # a local path is read in place
+            assert found.folder.resolve() == p["checkpoint"].resolve(), spec
+        else:  # an MLflow reference is downloaded: the logged model holds the final checkpoint's export
+            assert found.folder is None and found.source == f"runs:/{p['run_id']}/encoder", spec
+            assert all(torch.equal(found.handoff.export["state_dict"][k], v) for k, v in saved.items()), spec
         assert found.run_id == p["run_id"] and found.experiment == "handoff" and found.objective == "mae"
-    assert resolve_pretrained("none", uri).folder is None
+    assert resolve_pretrained("none", uri).scratch
 
 
 def test_handoff_loads_exactly_the_encoder_weights_and_a_new_head(pretrained):
@@ -82,11 +87,11 @@ def test_handoff_loads_exactly_the_encoder_weights_and_a_new_head(pretrained):
 
 def test_wrong_pretrained_is_a_clear_error(pretrained, tmp_path):
     uri = pretrained["uri"]
-    with pytest.raises(PretrainedError, match="no MLflow run 0123456789abcdef0123456789abcdef"):
+    with pytest.raises(PretrainedError, match="runs:/0123456789abcdef0123456789abcdef/encoder does not exist"):
         resolve_pretrained("0123456789abcdef0123456789abcdef", uri)
-    with pytest.raises(PretrainedError, match="no MLflow run"):
+    with pytest.raises(PretrainedError, match="runs:/0123456789abcdef0123456789abcdef/model does not exist"):
         resolve_pretrained("runs:/0123456789abcdef0123456789abcdef/model", uri)
-    with pytest.raises(PretrainedError, match="no such folder, and not an MLflow run id"):
+    with pytest.raises(PretrainedError, match="no such folder, and not an MLflow reference"):
         resolve_pretrained(str(tmp_path / "missing"), uri)
     (tmp_path / "empty").mkdir()
     with pytest.raises(PretrainedError, match="neither a checkpoint folder"):

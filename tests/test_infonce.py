@@ -116,6 +116,7 @@ def one_process(rank0_only: bool = False):
     return loss.detach(), {n: p.grad for n, p in head.named_parameters()}, x1.grad, x2.grad
 
 
+@pytest.mark.slow
 def test_two_processes_with_gathered_negatives_equal_one_process(two_ranks):
     loss, grads, x1_grad, x2_grad = one_process()
     for rank, res in enumerate(two_ranks):
@@ -130,6 +131,7 @@ def test_two_processes_with_gathered_negatives_equal_one_process(two_ranks):
         torch.testing.assert_close(got["x2_grad"], WORLD * x2_grad[rows], atol=1e-6, rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_local_negatives_only_differ_from_the_full_batch(two_ranks):
     loss, grads, _, _ = one_process()
     local = two_ranks[0][False]
@@ -137,6 +139,7 @@ def test_local_negatives_only_differ_from_the_full_batch(two_ranks):
     assert max((local["head_grads"][n] - g).abs().max().item() for n, g in grads.items()) > 1e-4
 
 
+@pytest.mark.slow
 def test_gather_backward_brings_other_ranks_gradients(two_ranks):
     """Rank 1 did not back-propagate its own loss, yet its embeddings get rank 0's gradient."""
     _, _, x1_grad, x2_grad = one_process(rank0_only=True)

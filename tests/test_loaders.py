@@ -16,20 +16,20 @@ N_TRAIN = 96  # 3 classes x 32; divisible by the global batch 2 ranks x 8
 
 @pytest.fixture(scope="module")
 def many_shards(tmp_path_factory):
-    """8 train shards of 12: enough for a shard-level split over 2 ranks x 2 workers."""
+    """8 train shards of 12: each stream covers one or two shards."""
     return make_mnist_shards(tmp_path_factory.mktemp("many"), "--train-per-class", "32", "--test-per-class", "7",
                              "--shard-max-count", "12")
 
 
 @pytest.fixture(scope="module")
 def one_shard(tmp_path_factory):
-    """A single train shard: forces the sample-level split."""
+    """A single train shard: every stream is a range of it."""
     return make_mnist_shards(tmp_path_factory.mktemp("one"), "--train-per-class", "32", "--test-per-class", "7")
 
 
 @pytest.fixture(scope="module")
 def uneven_shards(tmp_path_factory):
-    """90 train samples in shards of 12 and one of 6: workers run dry at different times."""
+    """90 train samples in shards of 12 and one of 6: a global batch does not divide them."""
     return make_mnist_shards(tmp_path_factory.mktemp("uneven"), "--train-per-class", "30", "--test-per-class", "5",
                              "--shard-max-count", "12")
 
@@ -80,19 +80,18 @@ def test_count_mismatch_is_rejected(tmp_path):
 
 
 def test_batch_larger_than_split_is_an_error(one_shard):
-    with pytest.raises(DataError, match="batch_size 64 x world_size 2 exceeds"):
+    with pytest.raises(DataError, match="global batch 128 .* exceeds"):
         make_train_loader(one_shard, batch_size=64, rank=0, world_size=2)
 
 
 # ---------------------------------------------------------------- training splits
 
 
-@pytest.mark.parametrize("fixture, shard_level", [("many_shards", True), ("one_shard", False)])
-def test_two_ranks_two_workers_see_every_sample_once(request, fixture, shard_level):
+@pytest.mark.parametrize("fixture", ["many_shards", "one_shard"])
+def test_two_ranks_two_workers_see_every_sample_once(request, fixture):
     shard_dir = request.getfixturevalue(fixture)
     loaders = [make_train_loader(shard_dir, batch_size=8, rank=r, world_size=2, num_workers=2, epoch=3)
                for r in range(2)]
-    assert [loader.plan.shard_level for loader in loaders] == [shard_level] * 2
     assert [loader.steps_per_epoch for loader in loaders] == [N_TRAIN // 16] * 2
     ranks = [list(loader) for loader in loaders]
     assert [len(batches) for batches in ranks] == [N_TRAIN // 16] * 2
@@ -103,32 +102,33 @@ def test_two_ranks_two_workers_see_every_sample_once(request, fixture, shard_lev
     assert batch["label"].dtype == batch["index"].dtype == torch.int64
 
 
-def test_uneven_shards_give_every_rank_the_same_number_of_batches(many_shards):
-    # 8 shards over 3 slots: slots hold 36, 36 and 24 samples; 3 ranks x 8 -> min(36, 36, 24) // 8 = 3
-    ranks = run_ranks(many_shards, 3, batch_size=8, epoch=1)
+def test_uneven_shards_give_every_rank_the_same_number_of_batches(uneven_shards):
+    # 90 samples, global batch 24: 3 full global batches, 18 samples left out, none twice
+    ranks = run_ranks(uneven_shards, 3, batch_size=8, epoch=1)
     assert [len(r) for r in ranks] == [3, 3, 3]
     seen = [i for batches in ranks for b in indices(batches) for i in b]
     assert len(seen) == len(set(seen)) == 72
 
 
-@pytest.mark.parametrize("fixture, split_by", [("one_shard", "auto"), ("many_shards", "sample")])
-def test_ranks_together_equal_one_rank_with_the_global_batch(request, fixture, split_by):
+@pytest.mark.parametrize("fixture, shuffle", [("one_shard", False), ("many_shards", True)])
+def test_ranks_together_equal_one_rank_with_the_global_batch(request, fixture, shuffle):
     shard_dir = request.getfixturevalue(fixture)
-    common = dict(shuffle=False, num_workers=0, split_by=split_by)
+    common = dict(shuffle=shuffle, epoch=2)
     single = indices(make_train_loader(shard_dir, batch_size=16, rank=0, world_size=1, **common))
-    ranks = [indices(batches) for batches in run_ranks(shard_dir, 2, batch_size=8, **common)]
-    assert len(single) == len(ranks[0]) == len(ranks[1]) == N_TRAIN // 16
+    accum = indices(make_train_loader(shard_dir, batch_size=8, rank=0, world_size=1, grad_accum=2, **common))
+    ranks = [indices(batches) for batches in run_ranks(shard_dir, 2, batch_size=8, num_workers=1, **common)]
+    assert len(single) == len(ranks[0]) == len(ranks[1]) == len(accum) // 2 == N_TRAIN // 16
     for k, batch in enumerate(single):
-        assert set(batch) == set(ranks[0][k]) | set(ranks[1][k])
+        assert batch == ranks[0][k] + ranks[1][k] == accum[2 * k] + accum[2 * k + 1]
 
 
 @pytest.mark.parametrize("fixture, world_size, num_workers, skip",
                          [("many_shards", 2, 0, 4), ("many_shards", 2, 2, 4), ("uneven_shards", 1, 2, 9)])
-def test_skip_batches_resumes_exactly(request, fixture, world_size, num_workers, skip):
+def test_skip_samples_resumes_exactly(request, fixture, world_size, num_workers, skip):
     common = dict(batch_size=8, rank=world_size - 1, world_size=world_size, num_workers=num_workers, epoch=5,
                   transform=add_noise)
     full = list(make_train_loader(request.getfixturevalue(fixture), **common))
-    resumed = make_train_loader(request.getfixturevalue(fixture), skip_batches=skip, **common)
+    resumed = make_train_loader(request.getfixturevalue(fixture), skip_samples=skip * 8 * world_size, **common)
     assert len(resumed) == len(full) - skip and resumed.steps_per_epoch == len(full)
     tail = list(resumed)
     assert indices(tail) == indices(full[skip:])
@@ -136,6 +136,11 @@ def test_skip_batches_resumes_exactly(request, fixture, world_size, num_workers,
         torch.testing.assert_close(a, b)
     seen = sum(indices(full), [])
     assert len(seen) == len(set(seen))
+
+
+def test_skip_samples_must_be_a_step_boundary(many_shards):
+    with pytest.raises(ValueError, match="skip_samples 8 must be a multiple of the global batch 16"):
+        make_train_loader(many_shards, batch_size=8, rank=0, world_size=2, skip_samples=8)
 
 
 def test_same_seed_and_epoch_reproduce_and_epochs_differ(one_shard):

@@ -98,7 +98,7 @@ def test_mlflow_run_records_params_metrics_artifacts_and_the_loss_falls(mnist012
     assert params["derived.global_batch"] == "32"
     for key in ("loss", "loss_mae", "images_per_s", "lr", "epoch_loss"):
         assert key in run.data.metrics, key
-    for tag in ("git_commit", "world_size", "precision", "device", "checkpoint"):
+    for tag in ("mlflow.source.git.commit", "world_size", "precision", "device", "checkpoint"):
         assert tag in run.data.tags, tag
     artifacts = {a.path for a in mlc.list_artifacts(run.info.run_id)}
     assert {"config.yaml", "loss_curve.png", "figures"} <= artifacts

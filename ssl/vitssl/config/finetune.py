@@ -37,8 +37,9 @@ class HeadOptions(Section):
 
 class FinetuneOptions(HeadOptions):
     pretrained: str = Field(
-        "none", description="MLflow run id, runs:/<id>, a checkpoint folder, a pretrain output dir "
-                            "(its latest checkpoint), or none (from scratch with `model:`)")
+        "none", description="runs:/<run_id>[/path], models:/<name>/<version|alias>, models:/<model_id>, an "
+                            "MLflow run id (all downloaded through MLflow), a checkpoint folder, a pretrain "
+                            "output dir (its latest checkpoint), or none (from scratch with `model:`)")
     mode: Literal["finetune", "linear", "knn"] = "finetune"
     class_names: list[str] | None = Field(None, description="display names; default the label numbers")
     eval_splits: list[str] | None = Field(

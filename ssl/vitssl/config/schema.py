@@ -7,11 +7,11 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)  # optim.lr=.inf is a typo, not a value
 
 
 class DataConfig(Section):
@@ -25,6 +25,8 @@ class DataConfig(Section):
     shuffle: bool = True
     shuffle_buffer: int = Field(1000, ge=0)
     check_sha: bool = True
+    streams: int | None = Field(None, ge=1, description="the epoch's canonical partition (divides the global "
+                                "batch; keep it fixed to resume on another world size); None: automatic")
 
 
 class ModelConfig(Section):
@@ -94,8 +96,19 @@ class RunConfig(Section):
     experiment: str = "vitssl"
     run_name: str | None = None
     tracking_uri: str | None = Field(None, description="None: $MLFLOW_TRACKING_URI or sqlite:///mlflow.db")
+    tracking_required: bool = Field(True, description="false: a tracking server unreachable at start does not "
+                                                      "stop the run; calls are spooled in the output folder")
     parent_run_id: str | None = None
     tags: dict[str, str] = Field(default_factory=dict)
+    register_as: str | None = Field(None, description="pretraining: register the logged encoder as the next "
+                                                      "version of this Model Registry name")
+    system_metrics: bool = Field(False, description="log CPU, memory, disk, network (and GPU) usage as system/* "
+                                                    "metrics, sampled every 10 s by MLflow's monitor")
+
+    @field_validator("precision", mode="before")
+    @classmethod
+    def _yaml_no(cls, value):
+        return "no" if value is False else value  # YAML reads the documented `run.precision=no` as false
 
     def resolved_output_dir(self) -> str:
         return self.output_dir.format(name=self.name)

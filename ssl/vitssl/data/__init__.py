@@ -1,4 +1,4 @@
-"""Readers of the shards written by ``python -m data_prep``."""
+"""Readers of webdataset shards: ``python -m data_prep`` folders, HTTP, ``file://`` and ``pipe:`` URLs."""
 
 from vitssl.data.manifest import DataError, load_manifest, verify_split
 from vitssl.data.shards import (
@@ -10,6 +10,7 @@ from vitssl.data.shards import (
     make_train_loader,
     sample_seed,
 )
+from vitssl.data.sources import split_shards
 
 __all__ = [
     "DataError",
@@ -21,5 +22,6 @@ __all__ = [
     "make_eval_loader",
     "make_train_loader",
     "sample_seed",
+    "split_shards",
     "verify_split",
 ]

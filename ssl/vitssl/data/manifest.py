@@ -22,7 +22,9 @@ def load_manifest(shard_dir: str | Path) -> dict:
         return json.loads(path.read_text())
     except FileNotFoundError:
         raise DataError(f"no manifest.json in {shard_dir}: run `python -m data_prep mnist --out {shard_dir}` "
-                        f"first (an interrupted data_prep run leaves no manifest)") from None
+                        f"first (an interrupted data_prep run leaves no manifest); for shards made elsewhere, "
+                        f"`python -m data_prep index '{shard_dir}/train-{{000000..000009}}.tar' --out {shard_dir}` "
+                        f"or list them in data.shards") from None
     except (OSError, ValueError) as err:
         raise DataError(f"unreadable {path} ({err}): re-run `python -m data_prep` for {shard_dir}") from None
 

@@ -1,13 +1,12 @@
-"""Streaming readers of ``data_prep`` shards.
+"""Streaming readers of webdataset shards (``data_prep`` output or any tar of ``.png``/``.jpg`` + ``.cls``).
 
-Training: the split is divided between ``world_size * num_workers`` slots by this module (not by
-accelerate, see PITFALLS), every rank yields the same number of full batches, and the order is a
-pure function of (seed, epoch), so ``skip_batches`` resumes mid-epoch exactly.
-
-Each rank's sample stream is defined as the round-robin merge of its workers' streams (worker 0,
-1, ..., in rounds; an exhausted worker drops out). Every sample carries its position in that merge,
-so workers skip and stop without talking to each other, and the main process restores the exact
-order with a small heap whatever order the DataLoader delivers them in.
+Training: which sample fills which place of the epoch is decided by ``epoch_plan`` from (seed, epoch,
+global batch) alone, not by accelerate (see PITFALLS) and not by the world size or the workers. A rank
+reads the streams its places fall in, its DataLoader workers share those streams, and every sample
+carries its place, so the main process restores the exact order with a small heap whatever order the
+workers deliver in. Per-sample randomness is seeded from (seed, epoch, index) wherever the sample is
+processed, so the batches (and their augmentations) of 2 processes x B equal those of 1 process x 2B,
+and resuming at any optimizer step on any world size continues the same sequence.
 """
 
 from __future__ import annotations
@@ -15,8 +14,6 @@ from __future__ import annotations
 import hashlib
 import heapq
 import itertools
-import random
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -25,25 +22,34 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from torch.utils.data._utils.collate import default_collate
 from torchvision.io import ImageReadMode, decode_image
 
-from vitssl.data.manifest import DataError, load_manifest, split_info, verify_split
+from vitssl.data.epoch_plan import EpochPlan
+from vitssl.data.manifest import DataError
+from vitssl.data.sources import local_path, split_shards
+from vitssl.data.tar_stream import read_shard, sample_offsets
 
 Transform = Callable[[dict], dict]
+IMAGE_EXTS = ("png", "jpg", "jpeg", "webp")
 
 
 # ---------------------------------------------------------------- one sample
 
 
 def decode_sample(sample: dict) -> dict:
-    """Raw ``{"__key__", "png"|"jpg": bytes, "cls": bytes}`` -> ``image`` (C, H, W) float32 in [0, 1],
-    ``label`` and ``index`` int64 scalars. The index is the key's suffix (``<split>-<index>``)."""
-    ext = "png" if "png" in sample else "jpg"
+    """Raw ``{"__key__", "png"|"jpg"|...: bytes, "cls": bytes}`` -> ``image`` (C, H, W) float32 in [0, 1],
+    ``label`` and ``index`` int64 scalars. The index is the sample's place in the split (manifest order,
+    ``__index__``), which for data_prep shards is also the key's suffix (``<split>-<index>``)."""
+    ext = next((e for e in IMAGE_EXTS if e in sample), None)
+    if ext is None or "cls" not in sample:
+        raise DataError(f"sample {sample.get('__key__')!r} has members {sorted(k for k in sample if k[:2] != '__')}: "
+                        f"expected an image ({', '.join(IMAGE_EXTS)}) and a .cls label")
     # torchvision's decoder is about twice as fast as PIL's on small images. Tiny ImageNet has some
     # grayscale JPEGs among the colour ones; PNG shards are grayscale throughout.
     mode = ImageReadMode.UNCHANGED if ext == "png" else ImageReadMode.RGB
     image = decode_image(torch.frombuffer(bytearray(sample[ext]), dtype=torch.uint8), mode=mode)
+    index = sample["__index__"] if "__index__" in sample else int(sample["__key__"].rsplit("-", 1)[1])
     return {"image": image.to(torch.float32).div_(255),
             "label": torch.tensor(int(sample["cls"]), dtype=torch.int64),
-            "index": torch.tensor(int(sample["__key__"].rsplit("-", 1)[1]), dtype=torch.int64)}
+            "index": torch.tensor(index, dtype=torch.int64)}
 
 
 def sample_seed(seed: int, epoch: int, index: int) -> int:
@@ -61,81 +67,6 @@ def _apply(transform: Transform | None, sample: dict, seed: int, epoch: int) -> 
         return transform(sample)
 
 
-def _read_shard(path: str, keep: Callable[[int], bool] = lambda i: True) -> Iterator[dict]:
-    """Samples of one shard in file order; bytes are read only for samples ``keep(i)`` accepts.
-
-    Parses the plain ustar headers that data_prep writes directly: tarfile's generic parser costs as
-    much time as decoding the image.
-    """
-    with open(path, "rb") as f:
-        i, key, sample = -1, None, None
-        while len(header := f.read(512)) == 512 and header[0]:  # a zero block ends the archive
-            if header[156] not in b"0\0":
-                raise DataError(f"{path}: unsupported tar member type {header[156:157]!r}; re-run data_prep")
-            name = header[:100].split(b"\0", 1)[0].decode()
-            size = int(header[124:136].split(b"\0", 1)[0] or b"0", 8)
-            member_key, _, ext = name.partition(".")
-            if member_key != key:
-                if sample is not None:
-                    yield sample
-                i, key = i + 1, member_key
-                sample = {"__key__": key} if keep(i) else None
-            padded = -(-size // 512) * 512
-            if sample is not None and ext != "json":  # metadata is not needed to train
-                sample[ext] = f.read(size)
-                f.seek(padded - size, 1)
-            else:
-                f.seek(padded, 1)
-        if sample is not None:
-            yield sample
-
-
-# ---------------------------------------------------------------- the epoch plan
-
-
-@dataclass(frozen=True)
-class _Plan:
-    """Which samples of one epoch go to which slot (slot = rank * workers + worker)."""
-
-    paths: tuple[str, ...]  # shards in this epoch's order
-    counts: tuple[int, ...]
-    slots: int
-    shard_level: bool
-
-    def slot_count(self, slot: int) -> int:
-        if self.shard_level:
-            return sum(self.counts[slot:: self.slots])
-        return len(range(slot, sum(self.counts), self.slots))
-
-    def slot_stream(self, slot: int) -> Iterator[dict]:
-        if self.shard_level:
-            for path in self.paths[slot:: self.slots]:
-                yield from _read_shard(path)
-            return
-        offset = 0  # position of the shard's first sample in the epoch's concatenated stream
-        for path, count in zip(self.paths, self.counts, strict=True):
-            yield from _read_shard(path, lambda i, o=offset: (o + i) % self.slots == slot)
-            offset += count
-
-
-def _shuffled(items: Iterator[dict], size: int, rng: random.Random) -> Iterator[dict]:
-    buffer: list[dict] = []
-    for item in items:
-        if len(buffer) < size:
-            buffer.append(item)
-            continue
-        j = rng.randrange(size)
-        buffer[j], item = item, buffer[j]
-        yield item
-    rng.shuffle(buffer)
-    yield from buffer
-
-
-def _merge_position(counts: tuple[int, ...], worker: int, j: int) -> int:
-    """Position of worker ``worker``'s ``j``-th sample in the round-robin merge of streams of ``counts``."""
-    return sum(min(c, j) for c in counts) + sum(c > j for c in counts[:worker])
-
-
 def _to_numpy(sample: dict) -> dict:
     # Small numpy arrays pickle through the worker queue far faster than tensors (one shm file each).
     return {k: v.numpy() if isinstance(v, torch.Tensor) and v.dtype != torch.bfloat16 else v
@@ -146,39 +77,76 @@ def _identity(x):
     return x
 
 
+# ---------------------------------------------------------------- reading one stream
+
+
+def _stream_inputs(plan: EpochPlan, c: int, wanted: set[int], verify: bool) -> Iterator[tuple[int, dict]]:
+    """``(offset in stream c, raw sample)`` for the wanted offsets, in stream order."""
+    base = 0
+    for k, first, stop in plan.segments(c):
+        shard, shift = plan.shards[k], base - first
+        for i, raw in read_shard(shard, lambda i, s=shift: s + i in wanted, stop, verify, start=first):
+            raw["__index__"] = plan.first_index[k] + i
+            yield shift + i, raw
+        base += stop - first
+
+
+def _stream_samples(plan: EpochPlan, c: int, piece: range, first_step: int,
+                    verify: bool) -> Iterator[tuple[int, dict]]:
+    """``(global position, raw sample)`` at places ``piece`` of stream ``c`` in global batches
+    ``first_step..``, in increasing position. Holds at most the shuffle buffer's worth of samples."""
+    m, order = plan.per_stream, plan.stream_order(c)
+    outs = [k * m + j for k in range(first_step, plan.steps) for j in piece]
+    inputs = _stream_inputs(plan, c, {order[o] for o in outs}, verify)
+    held: dict[int, dict] = {}
+    for o in outs:
+        while order[o] not in held:
+            offset, raw = next(inputs)
+            held[offset] = raw
+        k, j = divmod(o, m)
+        yield k * plan.global_batch + c * m + j, held.pop(order[o])
+    if not all(s.local for s in plan.shards):
+        for _ in inputs:  # the rest of the range, so the stream that ends a remote shard checks its sha256
+            pass
+
+
 class _RankSamples(IterableDataset):
-    """What one rank's DataLoader workers produce: lists of ``(position, sample)`` for positions in
-    [start, stop). Lists of a few samples, not single ones, because each item crossing the worker
-    queue costs a pickle and a pipe round trip; batches are still formed across workers."""
+    """What one rank's DataLoader workers produce: lists of ``(place, sample)``, place = the sample's
+    position in this rank's epoch stream. Lists of a few samples, not single ones, because each item
+    crossing the worker queue costs a pickle and a pipe round trip; batches are formed in the main
+    process across workers."""
 
     chunk = 32
 
-    def __init__(self, plan: _Plan, rank: int, workers: int, start: int, stop: int, seed: int, epoch: int,
-                 shuffle_buffer: int, transform: Transform | None):
-        self.plan, self.rank, self.workers = plan, rank, workers
-        self.start, self.stop = start, stop
-        self.seed, self.epoch, self.shuffle_buffer, self.transform = seed, epoch, shuffle_buffer, transform
-        self.counts = tuple(plan.slot_count(rank * workers + w) for w in range(workers))
+    def __init__(self, plan: EpochPlan, rank: int, world_size: int, first_step: int, workers: int,
+                 transform: Transform | None, verify: bool):
+        self.plan, self.first_step, self.workers = plan, first_step, workers
+        self.transform, self.verify = transform, verify
+        self.places = plan.rank_places(rank, world_size)
+        pieces = [(c, plan.stream_places(c, self.places)) for c in range(plan.streams)]
+        self.pieces = [(c, piece) for c, piece in pieces if len(piece)]
 
     def __iter__(self) -> Iterator[list[tuple[int, dict]]]:
         info = get_worker_info()
         worker = info.id if info is not None else 0
-        slot = self.rank * self.workers + worker
-        stream = self.plan.slot_stream(slot)
-        if self.shuffle_buffer > 1:
-            stream = _shuffled(stream, self.shuffle_buffer, random.Random(f"{self.seed}/{self.epoch}/{slot}"))
+        plan, share = self.plan, len(self.places)
+        streams = [_stream_samples(plan, c, piece, self.first_step, self.verify)
+                   for c, piece in self.pieces[worker:: self.workers]]
         chunk = []
-        for j, raw in enumerate(stream):
-            pos = _merge_position(self.counts, worker, j)
-            if pos >= self.stop:
-                break
-            if pos < self.start:  # skipped batches: not decoded
-                continue
-            sample = _apply(self.transform, decode_sample(raw), self.seed, self.epoch)
-            chunk.append((pos, _to_numpy(sample) if info is not None else sample))
-            if len(chunk) == self.chunk:
-                yield chunk
-                chunk = []
+        try:
+            for position, raw in heapq.merge(*streams, key=lambda item: item[0]):
+                k, q = divmod(position, plan.global_batch)
+                sample = _apply(self.transform, decode_sample(raw), plan.seed, plan.epoch)
+                chunk.append((k * share + q - self.places.start, _to_numpy(sample) if info is not None else sample))
+                if len(chunk) == self.chunk:
+                    yield chunk
+                    chunk = []
+        except DataError as err:
+            if info is None:
+                raise
+            # as an item, not raised: the DataLoader would wrap the one-line message in the worker's traceback
+            yield [(None, str(err))]
+            return
         if chunk:
             yield chunk
 
@@ -188,6 +156,8 @@ def _in_order(chunks: Iterator[list[tuple[int, dict]]], start: int, stop: int) -
     expected, tie = start, itertools.count()
     for chunk in chunks:
         for pos, sample in chunk:
+            if pos is None:  # a worker's DataError
+                raise DataError(sample)
             heapq.heappush(heap, (pos, next(tie), sample))
         while heap and heap[0][0] == expected:
             yield heapq.heappop(heap)[2]
@@ -204,110 +174,97 @@ def _batches(samples: Iterator[dict], batch_size: int) -> Iterator[dict]:
 # ---------------------------------------------------------------- loaders
 
 
-def _shards(shard_dir: str | Path, split: str, check_sha: bool) -> tuple[list[str], list[int]]:
-    manifest = load_manifest(shard_dir)
-    verify_split(shard_dir, split, manifest, check_sha=check_sha)
-    shards = split_info(manifest, split, shard_dir)["shards"]
-    return [str(Path(shard_dir) / s["name"]) for s in shards], [s["count"] for s in shards]
-
-
 class TrainLoader:
-    """Exactly ``len(self)`` = ``steps_per_epoch - skip_batches`` batches of one epoch for one rank."""
+    """One epoch of one rank: ``len(self)`` micro-batches, ``grad_accum`` per optimizer step."""
 
-    def __init__(self, shard_dir: str | Path, split: str, *, batch_size: int, rank: int, world_size: int,
-                 num_workers: int, seed: int, epoch: int, shuffle: bool, shuffle_buffer: int,
-                 transform: Transform | None, skip_batches: int, split_by: str, check_sha: bool):
+    def __init__(self, shards: str | Path, split: str, *, batch_size: int, rank: int, world_size: int,
+                 grad_accum: int, num_workers: int, seed: int, epoch: int, shuffle: bool, shuffle_buffer: int,
+                 transform: Transform | None, skip_samples: int, streams: int | None, check_sha: bool):
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} outside world_size {world_size}")
-        if split_by not in ("auto", "shard", "sample"):
-            raise ValueError(f"split_by must be 'auto', 'shard' or 'sample', got {split_by!r}")
-        paths, counts = _shards(shard_dir, split, check_sha)
-        order = list(range(len(paths)))
-        if shuffle:  # same permutation on every rank
-            random.Random(f"shards/{seed}/{epoch}").shuffle(order)
-        self.workers = max(num_workers, 1)
-        slots = world_size * self.workers
-        shard_level = split_by == "shard" or (split_by == "auto" and len(paths) >= slots)
-        if shard_level and len(paths) < slots:
-            raise DataError(f"split_by='shard' needs at least {slots} shards, {shard_dir} has {len(paths)}")
-        self.plan = _Plan(tuple(paths[i] for i in order), tuple(counts[i] for i in order), slots, shard_level)
-        per_rank = [sum(self.plan.slot_count(r * self.workers + w) for w in range(self.workers))
-                    for r in range(world_size)]
-        self.steps_per_epoch = min(per_rank) // batch_size
-        if self.steps_per_epoch == 0:
-            raise DataError(f"batch_size {batch_size} x world_size {world_size} exceeds what split {split!r} of "
-                            f"{shard_dir} gives each rank ({min(per_rank)} of {sum(counts)} samples): "
-                            f"lower the batch size or make more data")
-        if not 0 <= skip_batches <= self.steps_per_epoch:
-            raise ValueError(f"skip_batches {skip_batches} outside 0..{self.steps_per_epoch}")
-        self.batch_size, self.num_workers, self.skip_batches = batch_size, num_workers, skip_batches
-        self._dataset = _RankSamples(self.plan, rank, self.workers, skip_batches * batch_size,
-                                     self.steps_per_epoch * batch_size, seed, epoch,
-                                     shuffle_buffer if shuffle else 0, transform)
+        global_batch = batch_size * world_size * grad_accum
+        self.plan = EpochPlan.build(split_shards(shards, split, check_sha), global_batch=global_batch,
+                                    streams=streams, seed=seed, epoch=epoch, shuffle=shuffle,
+                                    shuffle_buffer=shuffle_buffer, where=f"split {split!r} of {shards}")
+        self.steps_per_epoch = self.plan.steps  # optimizer steps, the same on every rank in every epoch
+        if skip_samples % global_batch or not 0 <= skip_samples <= self.steps_per_epoch * global_batch:
+            raise ValueError(f"skip_samples {skip_samples} must be a multiple of the global batch {global_batch} "
+                             f"within the epoch's {self.steps_per_epoch * global_batch} samples")
+        self.batch_size, self.grad_accum, self.num_workers = batch_size, grad_accum, num_workers
+        self.steps_done = skip_samples // global_batch
+        for shard in self.plan.shards:  # before workers fork, so they inherit the cached offsets
+            if shard.local:
+                sample_offsets(local_path(shard.url))
+        self._dataset = _RankSamples(self.plan, rank, world_size, self.steps_done, max(num_workers, 1), transform,
+                                     check_sha)
 
     def __len__(self) -> int:
-        return self.steps_per_epoch - self.skip_batches
+        return (self.steps_per_epoch - self.steps_done) * self.grad_accum
 
     def __iter__(self) -> Iterator[dict]:
         items: Iterator = iter(self._dataset)
         if self.num_workers > 0:
+            prefetch = max(2, self.batch_size // (self.num_workers * _RankSamples.chunk) + 1)
             items = iter(DataLoader(self._dataset, batch_size=None, num_workers=self.num_workers,
-                                    collate_fn=_identity, prefetch_factor=max(2, self.batch_size // (self.num_workers * _RankSamples.chunk) + 1)))
-        return _batches(_in_order(items, self._dataset.start, self._dataset.stop), self.batch_size)
+                                    collate_fn=_identity, prefetch_factor=prefetch))
+        share = len(self._dataset.places)
+        return _batches(_in_order(items, self.steps_done * share, self.steps_per_epoch * share), self.batch_size)
 
 
-def make_train_loader(shard_dir: str | Path, split: str = "train", *, batch_size: int, rank: int,
-                      world_size: int, num_workers: int = 0, seed: int = 0, epoch: int = 0, shuffle: bool = True,
-                      shuffle_buffer: int = 1000, transform: Transform | None = None, skip_batches: int = 0,
-                      split_by: str = "auto", check_sha: bool = True) -> TrainLoader:
-    """One epoch of training batches ``{"image": (B, C, H, W), "label": (B,), "index": (B,), ...}``.
+def make_train_loader(shards: str | Path, split: str = "train", *, batch_size: int, rank: int, world_size: int,
+                      grad_accum: int = 1, num_workers: int = 0, seed: int = 0, epoch: int = 0,
+                      shuffle: bool = True, shuffle_buffer: int = 1000, transform: Transform | None = None,
+                      skip_samples: int = 0, streams: int | None = None, check_sha: bool = True) -> TrainLoader:
+    """The rest of one epoch of training micro-batches ``{"image": (B, C, H, W), "label": (B,), "index": (B,)}``
+    for ``rank``, from global position ``skip_samples`` (= optimizer steps done x global batch).
 
-    The split is divided between ``world_size * max(num_workers, 1)`` slots by shard when there are
-    enough shards, else by sample position (``split_by`` forces one). Every rank yields the same
-    ``steps_per_epoch`` (leftover samples are dropped). ``transform(sample) -> dict`` runs in the
-    workers with torch's RNG seeded from (seed, epoch, index).
+    ``shards``: a folder or URL holding manifest.json, or shard URLs (see ``vitssl.data.sources``).
+    ``streams``: the canonical partition of the epoch (``epoch_plan``); None picks it from the shards and
+    the global batch. ``transform(sample) -> dict`` runs in the workers with torch's RNG seeded from
+    (seed, epoch, index).
     """
-    return TrainLoader(shard_dir, split, batch_size=batch_size, rank=rank, world_size=world_size,
-                       num_workers=num_workers, seed=seed, epoch=epoch, shuffle=shuffle,
-                       shuffle_buffer=shuffle_buffer, transform=transform, skip_batches=skip_batches,
-                       split_by=split_by, check_sha=check_sha)
+    return TrainLoader(shards, split, batch_size=batch_size, rank=rank, world_size=world_size,
+                       grad_accum=grad_accum, num_workers=num_workers, seed=seed, epoch=epoch, shuffle=shuffle,
+                       shuffle_buffer=shuffle_buffer, transform=transform, skip_samples=skip_samples,
+                       streams=streams, check_sha=check_sha)
 
 
 class EvalLoader:
     """Batches of the samples at positions ``p % world_size == rank`` in manifest order: no padding,
     no drop, so the ranks together see every sample exactly once."""
 
-    def __init__(self, shard_dir: str | Path, split: str, *, batch_size: int, transform: Transform | None,
+    def __init__(self, shards: str | Path, split: str, *, batch_size: int, transform: Transform | None,
                  rank: int, world_size: int, check_sha: bool):
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} outside world_size {world_size}")
-        self.paths, self.counts = _shards(shard_dir, split, check_sha)
+        self.shards, self.check_sha = split_shards(shards, split, check_sha), check_sha
         self.batch_size, self.transform, self.rank, self.world_size = batch_size, transform, rank, world_size
-        self.num_samples = len(range(rank, sum(self.counts), world_size))
+        self.num_samples = len(range(rank, sum(s.count for s in self.shards), world_size))
 
     def __len__(self) -> int:
         return -(-self.num_samples // self.batch_size)
 
     def _samples(self) -> Iterator[dict]:
-        offset = 0
-        for path, count in zip(self.paths, self.counts, strict=True):
-            keep = lambda i, o=offset: (o + i) % self.world_size == self.rank  # noqa: E731
-            for raw in _read_shard(path, keep):
+        first = 0
+        for shard in self.shards:
+            keep = lambda i, f=first: (f + i) % self.world_size == self.rank  # noqa: E731
+            for i, raw in read_shard(shard, keep, verify=self.check_sha):
+                raw["__index__"] = first + i
                 yield _apply(self.transform, decode_sample(raw), 0, 0)
-            offset += count
+            first += shard.count
 
     def __iter__(self) -> Iterator[dict]:
         return _batches(self._samples(), self.batch_size)
 
 
-def make_eval_loader(shard_dir: str | Path, split: str = "test", *, batch_size: int,
+def make_eval_loader(shards: str | Path, split: str = "test", *, batch_size: int,
                      transform: Transform | None = None, rank: int = 0, world_size: int = 1,
                      check_sha: bool = True) -> EvalLoader:
-    return EvalLoader(shard_dir, split, batch_size=batch_size, transform=transform, rank=rank,
+    return EvalLoader(shards, split, batch_size=batch_size, transform=transform, rank=rank,
                       world_size=world_size, check_sha=check_sha)
 
 
-def load_split_tensors(shard_dir: str | Path, split: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def load_split_tensors(shards: str | Path, split: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Whole split in manifest order: images (N, C, H, W) float32, labels (N,) int64, indices (N,) int64."""
-    batches = list(make_eval_loader(shard_dir, split, batch_size=1024))
+    batches = list(make_eval_loader(shards, split, batch_size=1024))
     return tuple(torch.cat([b[k] for b in batches]) for k in ("image", "label", "index"))

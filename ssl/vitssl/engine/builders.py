@@ -5,8 +5,9 @@ import os
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import DistributedDataParallelKwargs, DistributedType
+from accelerate.utils import DistributedDataParallelKwargs, DistributedType, InitProcessGroupKwargs
 
+from vitssl.config.load import ConfigError
 from vitssl.config.schema import OptimConfig, RunConfig
 
 
@@ -23,24 +24,84 @@ def build_accelerator(run: RunConfig, batch_size: int | None = None) -> Accelera
     checked below instead.
     """
     deepspeed = os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"
+    handlers = [DistributedDataParallelKwargs(find_unused_parameters=False)]
+    if deepspeed and not torch.cuda.is_available():
+        # With no device backend accelerate gives every DeepSpeed rank num_processes=1; naming gloo
+        # makes it see the real group, and DeepSpeed trains on CPU processes.
+        handlers.append(InitProcessGroupKwargs(backend="gloo"))
     accelerator = Accelerator(
         cpu=not torch.cuda.is_available() and not deepspeed,
         mixed_precision=run.precision,
         gradient_accumulation_steps=run.grad_accum,
-        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=False)],
+        kwargs_handlers=handlers,
     )
     launched = int(os.environ.get("WORLD_SIZE", "1"))
     if accelerator.num_processes != launched:
         raise LaunchError(
             f"{launched} processes were launched but accelerate's {accelerator.distributed_type} setup sees "
             f"{accelerator.num_processes} on {accelerator.device}: every rank would act as the main process on "
-            "the same data. DeepSpeed through accelerate needs CUDA devices; on CPU use "
-            "configs/accelerate/cpu_2proc.yaml.")
-    if accelerator.distributed_type == DistributedType.DEEPSPEED and batch_size:
-        # We split the data ourselves and never prepare a DataLoader, so DeepSpeed learns the
-        # micro-batch size from us.
-        accelerator.state.deepspeed_plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = batch_size
+            "the same data. Launch with one of configs/accelerate/*.yaml.")
+    if accelerator.distributed_type == DistributedType.DEEPSPEED:
+        fill_deepspeed_config(accelerator.state.deepspeed_plugin.deepspeed_config, batch_size, run.grad_accum,
+                              run.grad_clip, accelerator.num_processes)
     return accelerator
+
+
+# DeepSpeed's own copy of what the run config decides, and the run setting that decides it.
+DEEPSPEED_FROM_RUN = {"train_micro_batch_size_per_gpu": "data.batch_size",
+                      "gradient_accumulation_steps": "run.grad_accum", "gradient_clipping": "run.grad_clip",
+                      "train_batch_size": "data.batch_size"}
+
+
+def fill_deepspeed_config(ds: dict, micro_batch: int | None, grad_accum: int, grad_clip: float | None,
+                          world_size: int) -> None:
+    """Make the run config the one source of micro-batch, accumulation and clipping under DeepSpeed.
+
+    DeepSpeed would otherwise apply its own values (its clipping replaces run.grad_clip, its
+    accumulation replaces run.grad_accum while our schedule counts the run's). "auto" or missing
+    values are filled; an explicit value that differs is a ConfigError naming both settings.
+    We split the data ourselves and never prepare a DataLoader, so only we know the micro-batch.
+    """
+    wanted = {"gradient_accumulation_steps": grad_accum, "gradient_clipping": float(grad_clip or 0.0)}
+    if micro_batch is not None:
+        wanted["train_micro_batch_size_per_gpu"] = micro_batch
+        wanted["train_batch_size"] = micro_batch * grad_accum * world_size
+    for key, value in wanted.items():
+        given = ds.get(key, "auto")
+        if given != "auto" and float(given) != float(value):
+            setting = DEEPSPEED_FROM_RUN[key]
+            raise ConfigError(
+                f"DeepSpeed config sets {key}={given} but the run config gives {value} ({setting}"
+                f"{' x run.grad_accum x processes' if key == 'train_batch_size' else ''}): set {key} to 'auto' in "
+                f"the DeepSpeed config (the run config fills it) or change {setting}")
+        ds[key] = value
+
+
+def model_dtype(model: torch.nn.Module) -> torch.dtype:
+    """The dtype the model computes in: fp32 (autocast does the rest), or bf16/fp16 when DeepSpeed cast it."""
+    return next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
+
+
+def cast_float_buffers(model: torch.nn.Module, dtype: torch.dtype) -> None:
+    """DeepSpeed's bf16/fp16 casts the parameters but not the buffers (fixed position embeddings):
+    cast those too, or an fp32 buffer promotes the activations back to fp32 in the middle of the model."""
+    for buffer in model.buffers():
+        if buffer.is_floating_point() and buffer.dtype != dtype:
+            buffer.data = buffer.data.to(dtype)
+
+
+def to_model_input(batch: dict, device: torch.device, dtype: torch.dtype) -> dict:
+    """Move a batch to the device and cast its pixels (images, views, clips: >= 3-D) to `dtype`.
+
+    DeepSpeed's bf16/fp16 casts the model and accelerate does not autocast it, so fp32 pixels would
+    meet bf16 weights. Lower-dimensional floats (per-sample mask noise) stay fp32: ranked in bf16
+    they would tie, and the ties would bias which patches get masked.
+    """
+    out = {}
+    for k, v in batch.items():
+        v = v.to(device, non_blocking=True)
+        out[k] = v.to(dtype) if v.is_floating_point() and v.ndim >= 3 and v.dtype != dtype else v
+    return out
 
 
 def param_groups(model: torch.nn.Module, weight_decay: float, lr_scale: dict[str, float] | None = None):

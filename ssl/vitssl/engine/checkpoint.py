@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import json
 import shutil
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import torch
 from accelerate import Accelerator
+from accelerate.utils import DistributedType
+from safetensors import SafetensorError
 
 PREFIX = "checkpoint-"
 TRAINER_STATE = "trainer_state.json"
@@ -35,6 +38,16 @@ def latest_checkpoint(root: Path) -> Path | None:
     return found[-1] if found else None
 
 
+class CheckpointWriteError(Exception):
+    """The disk refused a checkpoint (full, read-only); the partial folder has been removed."""
+
+
+def remove_partial(root: Path) -> None:
+    """Drop `.tmp-checkpoint-*` folders a killed or failed save left (the caller owns the folder)."""
+    for tmp in root.glob(f".tmp-{PREFIX}*"):
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def save_checkpoint(accelerator: Accelerator, root: Path, step: int, trainer_state: dict,
                     encoder_export: dict, config_yaml: str, keep: int) -> Path:
     """Collective: every process must call it. Returns the final folder."""
@@ -44,11 +57,19 @@ def save_checkpoint(accelerator: Accelerator, root: Path, step: int, trainer_sta
         root.mkdir(parents=True, exist_ok=True)
         shutil.rmtree(tmp, ignore_errors=True)
     accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp))
-    if accelerator.is_main_process:
-        torch.save(encoder_export, tmp / ENCODER_FILE)
-        (tmp / CONFIG_FILE).write_text(config_yaml)
-        (tmp / TRAINER_STATE).write_text(json.dumps(trainer_state, indent=2))
+    try:
+        accelerator.save_state(str(tmp))
+        if accelerator.is_main_process:
+            torch.save(encoder_export, tmp / ENCODER_FILE)
+            (tmp / CONFIG_FILE).write_text(config_yaml)
+            (tmp / TRAINER_STATE).write_text(json.dumps(trainer_state, indent=2))
+    except (OSError, RuntimeError, SafetensorError) as err:  # how torch.save and safetensors report a full disk
+        shutil.rmtree(tmp, ignore_errors=True)
+        last = latest_checkpoint(root)
+        raise CheckpointWriteError(
+            f"writing checkpoint {step} into {root} failed ({str(err).splitlines()[0][:160]}); the partial folder "
+            f"was removed, the last complete one is {last.name if last else 'none'}: free space and run the "
+            "same command to resume") from None
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         if final.exists():
@@ -80,5 +101,43 @@ class Checkpointer:
     config_yaml: str
 
     def save(self, accelerator: Accelerator, model: torch.nn.Module, step: int, trainer_state: dict) -> Path:
-        export = self.export(accelerator.unwrap_model(model)) if accelerator.is_main_process else {}
+        with master_weights(accelerator, model) as unwrapped:  # collective under DeepSpeed
+            export = self.export(unwrapped) if accelerator.is_main_process else {}
         return save_checkpoint(accelerator, self.root, step, trainer_state, export, self.config_yaml, self.keep)
+
+
+@contextmanager
+def master_weights(accelerator: Accelerator, model: torch.nn.Module) -> Iterator[torch.nn.Module]:
+    """The unwrapped model; under DeepSpeed, on the main process, holding the fp32 master weights.
+
+    DeepSpeed keeps the fp32 masters sharded in its optimizer: the module holds bf16 copies under
+    bf16, and under ZeRO-3 only its own shard. Every process must enter (the masters are gathered);
+    the main process's parameters point at full fp32 tensors inside the block and are restored after.
+    """
+    unwrapped = accelerator.unwrap_model(model)
+    if accelerator.distributed_type != DistributedType.DEEPSPEED:
+        yield unwrapped
+        return
+    from deepspeed import zero
+    from deepspeed.utils import safe_get_full_fp32_param
+
+    full = {}
+    for name, p in unwrapped.named_parameters():
+        w = safe_get_full_fp32_param(p)
+        if w is None:  # not trained, so not in the optimizer: the module's copy is all there is
+            with zero.GatheredParameters([p]):  # ZeRO-3 only; a no-op otherwise
+                w = p.detach().float().clone()
+        if accelerator.is_main_process:
+            full[name] = w.detach().cpu()
+    if not accelerator.is_main_process:
+        yield unwrapped
+        return
+    params = dict(unwrapped.named_parameters())
+    held = {name: p.data for name, p in params.items()}
+    try:
+        for name, p in params.items():
+            p.data = full[name]
+        yield unwrapped
+    finally:
+        for name, p in params.items():
+            p.data = held[name]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -22,6 +23,7 @@ from vitssl.eval.report import SplitPredictions, report
 from vitssl.models import LAYER_IDS, capabilities_of, encoder_export
 from vitssl.objectives.classify import Classify, ClassifyOptions
 from vitssl.objectives.distill import Distill, DistillOptions
+from vitssl.tracking.handoff import link_pretrained
 
 EVAL_BATCH = 256
 
@@ -31,6 +33,7 @@ class FinetuneResult:
     run_id: str | None
     metrics: dict[str, float] = field(default_factory=dict)
     checkpoint: Path | None = None
+    interrupted: bool = False  # stopped by SIGTERM/SIGINT after a checkpoint
 
 
 def class_names(cfg: FinetuneConfig) -> list[str]:
@@ -51,13 +54,16 @@ def run_finetune(cfg: FinetuneConfig) -> FinetuneResult:
     pretrained = resolve_pretrained(ft.pretrained, cfg.run.tracking_uri)
     # The teacher is built before seeding, so the student starts exactly as a plain fine-tune would.
     teacher = load_teacher(ft.teacher, cfg.run.tracking_uri) if ft.teacher != "none" else None
-    if teacher is not None and pretrained.folder is None:
+    if teacher is not None and pretrained.scratch:
         pretrained = replace(pretrained, objective="distill")
     experiment = cfg.run.experiment
     if "experiment" not in cfg.run.model_fields_set and pretrained.experiment:
         experiment = pretrained.experiment  # beside the pretraining run unless run.experiment says otherwise
     name = cfg.run.run_name or f"{cfg.run.name}-{pretrained.objective}-{ft.mode}-s{cfg.run.seed}"
     with RunSession(cfg, experiment, name, run_tags(cfg, pretrained)) as run:
+        run.inputs = [("training", cfg.data.split)] + [("evaluation", split) for split in ft.splits(cfg.data)]
+        if pretrained.handoff is not None:  # the run records the exact logged model it consumed
+            run.on_new_run = partial(link_pretrained, run.tracker.tracking_uri, handoff=pretrained.handoff)
         encoder = build_encoder(cfg, pretrained)
         if ft.mode == "finetune":
             return _finetune(run, cfg, encoder, pretrained, teacher)
@@ -67,7 +73,7 @@ def run_finetune(cfg: FinetuneConfig) -> FinetuneResult:
 def run_tags(cfg: FinetuneConfig, pretrained: Pretrained) -> dict[str, str]:
     tags = {"vitssl.stage": "finetune", "vitssl.mode": cfg.finetune.mode,
             "vitssl.objective": pretrained.objective, "vitssl.pretrain_run_id": pretrained.run_id or "none",
-            "vitssl.seed": str(cfg.run.seed), "pretrained_checkpoint": str(pretrained.folder or "none"),
+            "vitssl.seed": str(cfg.run.seed), "vitssl.pretrained_source": pretrained.source,
             "vitssl.teacher": cfg.finetune.teacher}
     parent = cfg.run.parent_run_id or pretrained.run_id  # a study's stages are all its children
     if parent:
@@ -93,7 +99,7 @@ def _finetune(run: RunSession, cfg: FinetuneConfig, encoder, pretrained: Pretrai
     t0 = time.perf_counter()
     fit = run.fit(model, export, f"finetune {pretrained.objective} encoder (layer decay {ft.layer_decay})",
                   lr_scale=lr_scale)
-    result = FinetuneResult(fit.state.mlflow_run_id, checkpoint=fit.checkpoint)
+    result = FinetuneResult(fit.state.mlflow_run_id, checkpoint=fit.checkpoint, interrupted=fit.interrupted)
     if fit.interrupted:
         return result
     net = run.accelerator.unwrap_model(run.trainer.model)

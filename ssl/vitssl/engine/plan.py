@@ -12,7 +12,6 @@ from typing import Callable, Iterable
 import torch
 from accelerate import Accelerator
 
-from vitssl.config import ConfigError
 from vitssl.config.schema import OptimConfig
 
 LoaderFactory = Callable[[int, int], Iterable[dict]]  # (epoch, optimizer steps already done in it) -> batches
@@ -78,14 +77,13 @@ def make_training_plan(cfg, accelerator: Accelerator, transform) -> TrainingPlan
     def make_loader(epoch: int, steps_done: int):
         return make_train_loader(
             cfg.data.shards, cfg.data.split, batch_size=cfg.data.batch_size, rank=accelerator.process_index,
-            world_size=world, num_workers=cfg.data.num_workers, seed=cfg.run.seed, epoch=epoch,
-            shuffle=cfg.data.shuffle, shuffle_buffer=cfg.data.shuffle_buffer, transform=transform,
-            skip_batches=steps_done * cfg.run.grad_accum, check_sha=cfg.data.check_sha)
+            world_size=world, grad_accum=cfg.run.grad_accum, num_workers=cfg.data.num_workers, seed=cfg.run.seed,
+            epoch=epoch, shuffle=cfg.data.shuffle, shuffle_buffer=cfg.data.shuffle_buffer, transform=transform,
+            skip_samples=steps_done * global_batch, streams=cfg.data.streams, check_sha=cfg.data.check_sha)
 
-    batches = make_loader(0, 0).steps_per_epoch
-    steps_per_epoch = batches // cfg.run.grad_accum
-    if steps_per_epoch == 0:
-        raise ConfigError(f"run.grad_accum={cfg.run.grad_accum} exceeds the {batches} batches of an epoch")
+    first = make_loader(0, 0)  # the same steps on every process and in every epoch (vitssl.data.epoch_plan)
+    steps_per_epoch = first.steps_per_epoch
+    batches = steps_per_epoch * cfg.run.grad_accum
     schedule = Schedule(cfg.run.epochs, steps_per_epoch, cfg.run.grad_accum,
                         warmup_steps=math.ceil(cfg.optim.warmup_epochs * steps_per_epoch), peak_lr=peak_lr,
                         min_lr=cfg.optim.min_lr, max_steps=cfg.run.max_steps)

@@ -1,13 +1,17 @@
 """Pretraining run: a pretext objective on the run skeleton (vitssl.engine.run)."""
 from __future__ import annotations
 
+import torch
+
 from vitssl.config import PretrainConfig
 from vitssl.data import make_eval_loader
 from vitssl.engine.builders import build_accelerator
+from vitssl.engine.checkpoint import ENCODER_FILE
 from vitssl.engine.run import RunSession
 from vitssl.engine.trainer import FitResult
 from vitssl.models import encoder_export
 from vitssl.objectives import build_objective, parse_options
+from vitssl.tracking.encoder_model import log_encoder
 
 
 def run_pretrain(cfg: PretrainConfig) -> FitResult:
@@ -19,7 +23,7 @@ def run_pretrain(cfg: PretrainConfig) -> FitResult:
     with session as run:
         objective = build_objective(cfg)
         figure_batch = None
-        if run.is_main and cfg.run.figure_every:
+        if cfg.run.figure_every:  # on every process: under ZeRO-3 all of them join the figures' forward
             figure_batch = next(iter(make_eval_loader(cfg.data.shards, cfg.data.eval_split, batch_size=8,
                                                       transform=objective.sample_transform(),
                                                       check_sha=cfg.data.check_sha)))
@@ -31,4 +35,14 @@ def run_pretrain(cfg: PretrainConfig) -> FitResult:
         run.trainer.log_curves()
         if run.is_main and result.checkpoint is not None:
             run.tracker.set_tags({"checkpoint": str(result.checkpoint.resolve())})
+            if run.tracker.offline:
+                run.accelerator.print("warning: tracking server unreachable: the encoder was not logged to "
+                                      f"MLflow; it is in {result.checkpoint / ENCODER_FILE}")
+            elif run.tracker.enabled and not result.interrupted:
+                # the final checkpoint's export: an MLflow handoff loads the same bytes as a local-path one
+                export = torch.load(result.checkpoint / ENCODER_FILE, map_location="cpu", weights_only=True)
+                logged = log_encoder(run.tracker.tracking_uri, result.state.mlflow_run_id, export,
+                                     step=result.state.step, register_as=cfg.run.register_as)
+                run.accelerator.print(f"encoder: runs:/{result.state.mlflow_run_id}/encoder = {logged.model_uri}"
+                                      + (f" = {logged.registered_uri}" if logged.registered_uri else ""))
     return result

@@ -1,7 +1,9 @@
 """The pretrained encoder a fine-tune starts from: find it, rebuild it, load exactly its weights.
 
-resolve_pretrained:  `finetune.pretrained` (run id, runs:/<id>, checkpoint folder, pretrain output
-                     dir, none) -> the checkpoint folder, its pretrain run and experiment.
+resolve_pretrained:  `finetune.pretrained` -> the encoder: a checkpoint folder or pretrain output dir
+                     (its latest checkpoint) read in place; runs:/<id>[/path], models:/<name>/<version|alias>,
+                     models:/<model_id> or a bare run id downloaded through MLflow (vitssl.tracking.handoff);
+                     none trains from scratch.
 load_encoder:        rebuild the encoder (any registered arch) from the saved arguments and load
                      exactly its weights.
 load_teacher:        a fine-tuned classifier, frozen, for label-free distillation.
@@ -9,7 +11,6 @@ load_teacher:        a fine-tuned classifier, frozen, for label-free distillatio
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,8 +22,7 @@ from vitssl.engine.checkpoint import ENCODER_FILE, TRAINER_STATE, latest_checkpo
 from vitssl.models import encoder_from_config, encoder_from_export
 from vitssl.objectives.distill import FrozenClassifier
 from vitssl.tracking import resolve_tracking_uri
-
-RUN_ID = re.compile(r"^[0-9a-f]{32}$")
+from vitssl.tracking.handoff import Handoff, HandoffError, fetch_encoder, is_mlflow_reference
 
 
 class PretrainedError(ConfigError):
@@ -35,16 +35,16 @@ class Pretrained:
     run_id: str | None = None  # the pretraining MLflow run, when known
     experiment: str | None = None  # its experiment's name, when the run is in this tracking store
     objective: str = "none"
+    handoff: Handoff | None = None  # the export downloaded through MLflow, and which artifact it was
 
+    @property
+    def scratch(self) -> bool:
+        return self.folder is None and self.handoff is None
 
-def _run_of(client, run_id: str, spec: str):
-    from mlflow.exceptions import MlflowException
-
-    try:
-        return client.get_run(run_id)
-    except MlflowException:
-        raise PretrainedError(f"finetune.pretrained={spec!r}: no MLflow run {run_id} in the tracking store "
-                              f"{client.tracking_uri}") from None
+    @property
+    def source(self) -> str:
+        """Where the encoder came from: the MLflow URI it was downloaded from, or the checkpoint folder."""
+        return self.handoff.uri if self.handoff else str(self.folder or "none")
 
 
 def resolve_pretrained(spec: str, tracking_uri: str | None) -> Pretrained:
@@ -71,21 +71,16 @@ def resolve_pretrained(spec: str, tracking_uri: str | None) -> Pretrained:
             except Exception:  # the run lives in another store: keep its id, use run.experiment
                 pass
         return Pretrained(folder, run_id, experiment, _objective(folder))
-    run_id = spec[len("runs:/"):].strip("/").split("/")[0] if spec.startswith("runs:/") else spec
-    if not RUN_ID.match(run_id):
-        raise PretrainedError(f"finetune.pretrained={spec!r}: no such folder, and not an MLflow run id "
-                              f"(32 hex digits or runs:/<id>); use none to train from scratch")
-    run = _run_of(client, run_id, spec)
-    ckpt = run.data.tags.get("checkpoint")
-    if not ckpt:
-        raise PretrainedError(f"finetune.pretrained={spec!r}: run {run_id} has no 'checkpoint' tag (not a "
-                              f"finished vitssl pretrain run? status {run.info.status})")
-    folder = Path(ckpt)
-    if not (folder / ENCODER_FILE).is_file():
-        raise PretrainedError(f"finetune.pretrained={spec!r}: run {run_id} points at {folder}, which has no "
-                              f"{ENCODER_FILE} (moved or deleted?)")
-    experiment = client.get_experiment(run.info.experiment_id).name
-    return Pretrained(folder, run_id, experiment, run.data.tags.get("vitssl.objective") or _objective(folder))
+    if not is_mlflow_reference(spec):
+        raise PretrainedError(f"finetune.pretrained={spec!r}: no such folder, and not an MLflow reference "
+                              f"(runs:/<run_id>[/path], models:/<name>/<version|alias>, models:/<model_id>, or "
+                              f"a run id); use none to train from scratch")
+    try:
+        handoff = fetch_encoder(spec, resolve_tracking_uri(tracking_uri))
+    except HandoffError as e:
+        raise PretrainedError(str(e)) from None
+    return Pretrained(None, handoff.run_id, handoff.experiment, str(handoff.export.get("objective", "unknown")),
+                      handoff)
 
 
 def _objective(folder: Path) -> str:
@@ -118,23 +113,37 @@ def load_encoder(folder: Path) -> tuple[torch.nn.Module, dict]:
         raise PretrainedError(f"{folder} has no {ENCODER_FILE}: not a vitssl checkpoint folder")
     try:
         export = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # unpickling: not an export
+        raise PretrainedError(f"{path} is not a vitssl encoder export ({type(e).__name__}: {e})") from None
+    return rebuild_encoder(export, str(path)), export
+
+
+def rebuild_encoder(export: dict, source: str) -> torch.nn.Module:
+    try:
         encoder = encoder_from_export(export)
         state_dict = export["state_dict"]
-    except Exception as e:  # unpickling, a missing key, an unknown arch or argument: all mean "not an export"
-        raise PretrainedError(f"{path} is not a vitssl encoder export ({type(e).__name__}: {e})") from None
-    load_encoder_weights(encoder, state_dict, str(path))
-    return encoder, export
+    except Exception as e:  # a missing key, an unknown arch or argument: all mean "not an export"
+        raise PretrainedError(f"{source} is not a vitssl encoder export ({type(e).__name__}: {e})") from None
+    load_encoder_weights(encoder, state_dict, source)
+    return encoder
+
+
+def pretrained_encoder(found: Pretrained) -> tuple[torch.nn.Module, dict]:
+    """The encoder and export `found` names, from its MLflow download or its checkpoint folder."""
+    if found.handoff is not None:
+        return rebuild_encoder(found.handoff.export, found.handoff.uri), found.handoff.export
+    return load_encoder(found.folder)
 
 
 def load_teacher(spec: str, tracking_uri: str | None) -> FrozenClassifier:
     """A fine-tuned classifier, frozen, as a distillation teacher. `spec` names its checkpoint as
     `finetune.pretrained` does; the export must hold the head (a finetune.mode=finetune run)."""
     found = resolve_pretrained(spec, tracking_uri)
-    if found.folder is None:
+    if found.scratch:
         raise PretrainedError("finetune.teacher=none: distillation needs a fine-tuned classifier checkpoint")
-    encoder, export = load_encoder(found.folder)
+    encoder, export = pretrained_encoder(found)
     if "head" not in export:
-        raise PretrainedError(f"finetune.teacher={spec!r}: {found.folder} holds an encoder without a classifier "
+        raise PretrainedError(f"finetune.teacher={spec!r}: {found.source} holds an encoder without a classifier "
                               f"head (a pretraining checkpoint?); use a finetune.mode=finetune run")
     weight = export["head"]["weight"]
     head = torch.nn.Linear(weight.shape[1], weight.shape[0])
@@ -143,12 +152,17 @@ def load_teacher(spec: str, tracking_uri: str | None) -> FrozenClassifier:
 
 
 def build_encoder(cfg: FinetuneConfig, pretrained: Pretrained) -> torch.nn.Module:
-    if pretrained.folder is None:
+    if pretrained.scratch:
         return encoder_from_config(cfg.model, cfg.data)
-    encoder, _ = load_encoder(pretrained.folder)
+    encoder, export = pretrained_encoder(pretrained)
+    arch = export.get("arch", "vit")
+    if "arch" in cfg.model.model_fields_set and cfg.model.arch != arch:
+        raise PretrainedError(f"finetune.pretrained={cfg.finetune.pretrained!r}: {pretrained.source} holds a {arch} "
+                              f"encoder, the config asks for model.arch {cfg.model.arch} (drop model.arch: a "
+                              f"pretrained encoder is rebuilt from its own arguments)")
     a, d = encoder.args, cfg.data
     if (a.img_size, a.in_chans) != (d.image_size, d.channels):
-        raise PretrainedError(f"the encoder in {pretrained.folder} takes {a.in_chans}x{a.img_size}x{a.img_size} "
+        raise PretrainedError(f"the encoder in {pretrained.source} takes {a.in_chans}x{a.img_size}x{a.img_size} "
                               f"images, data gives {d.channels}x{d.image_size}x{d.image_size} "
                               f"(data.image_size / data.channels)")
     return encoder

@@ -20,10 +20,19 @@ from accelerate.utils import set_seed
 
 from vitssl.config import ConfigError, flatten, to_yaml
 from vitssl.engine.builders import build_accelerator, build_optimizer
-from vitssl.engine.checkpoint import CONFIG_FILE, TRAINER_STATE, Checkpointer, latest_checkpoint
+from vitssl.engine.checkpoint import (
+    CONFIG_FILE,
+    TRAINER_STATE,
+    Checkpointer,
+    latest_checkpoint,
+    remove_partial,
+)
+from vitssl.engine.lock import lock_run_folder
 from vitssl.engine.plan import TrainingPlan, make_training_plan
 from vitssl.engine.trainer import FitResult, Trainer, TrainerOptions
-from vitssl.tracking import MlflowRun, git_commit
+from vitssl.tracking.buffered import BufferedRun
+from vitssl.tracking.lineage import log_run_lineage, source_tags
+from vitssl.tracking.system_metrics import SystemMetrics
 
 
 def resume_folder(cfg, root: Path) -> Path | None:
@@ -40,7 +49,7 @@ def resume_folder(cfg, root: Path) -> Path | None:
 
 
 def common_tags(accelerator: Accelerator) -> dict[str, str]:
-    return {"git_commit": git_commit(), "world_size": str(accelerator.num_processes),
+    return {"world_size": str(accelerator.num_processes),
             "precision": str(accelerator.mixed_precision), "device": str(accelerator.device),
             "distributed_type": str(accelerator.distributed_type), "torch": torch.__version__,
             "command": " ".join(sys.argv)}
@@ -58,7 +67,16 @@ class RunSession:
         if cfg.run.parent_run_id and "mlflow.parentRunId" not in tags:
             self.tags["mlflow.parentRunId"] = cfg.run.parent_run_id
         self.tags |= cfg.run.tags
-        self.tracker = MlflowRun(self.accelerator.is_main_process, cfg.run.tracking_uri, experiment)
+        if self.is_main:  # + mlflow.user, mlflow.source.* (git commit), as mlflow.start_run would set them
+            self.tags = source_tags(self.tags)
+        self.tracker = BufferedRun(self.accelerator.is_main_process, cfg.run.tracking_uri, experiment, self.out_dir,
+                                   required=cfg.run.tracking_required)
+        self.lock = None
+        self.system_metrics = SystemMetrics(cfg.run.system_metrics and self.tracker.enabled,
+                                            self.tracker.tracking_uri)
+        # a new run's dataset inputs, (context, split) pairs of cfg.data.shards, and more lineage to log
+        self.inputs = [("training", cfg.data.split), ("evaluation", cfg.data.eval_split)]
+        self.on_new_run: Callable[[str], None] | None = None
         self.trainer: Trainer | None = None
         self.interrupted = False
 
@@ -68,24 +86,40 @@ class RunSession:
 
     def __enter__(self) -> RunSession:
         self.resume = resume_folder(self.cfg, self.out_dir)  # a bad run.resume fails before anything is written
+        self.lock = lock_run_folder(self.accelerator, self.out_dir)  # one owner per folder, before any write
         if self.is_main:
-            self.out_dir.mkdir(parents=True, exist_ok=True)
+            remove_partial(self.out_dir)  # ours now: what a killed save left is garbage
             (self.out_dir / CONFIG_FILE).write_text(to_yaml(self.cfg))
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is not None:
-            self.tracker.end("FAILED")
-            return
-        self.tracker.end("KILLED" if self.interrupted else "FINISHED")
-        self.accelerator.wait_for_everyone()
+        try:
+            self.system_metrics.stop()
+            if exc_type is not None:
+                if getattr(self.trainer, "bar", None) is not None:
+                    self.trainer.bar.close()  # so the error line that follows starts a line of its own
+                self.tracker.end("FAILED")
+                return
+            self.tracker.end("KILLED" if self.interrupted else "FINISHED")
+            self.accelerator.wait_for_everyone()
+        finally:
+            if self.lock is not None:
+                self.lock.release()
 
     def start_tracking(self, params: dict, run_id: str | None = None) -> str | None:
         """Create (or reopen, on resume) the MLflow run; a new run gets the config as params and artifact."""
         run_id_now = self.tracker.start(self.run_name, self.tags, run_id=run_id)
-        if run_id is None and self.is_main:
+        if run_id is None and self.tracker.enabled:
             self.tracker.log_params(flatten(self.cfg.model_dump(mode="json")) | params)
             self.tracker.log_text(to_yaml(self.cfg), CONFIG_FILE)
+            if self.tracker.offline:  # lineage goes straight to the server: log it on a later start
+                print("warning: tracking server unreachable; dataset inputs and lineage not logged for this run")
+            else:
+                log_run_lineage(self.tracker.tracking_uri, run_id_now, self.accelerator, self.cfg.data.shards,
+                                self.inputs)
+            if self.on_new_run is not None:
+                self.on_new_run(run_id_now)
+        self.system_metrics.start(run_id_now, resumed=run_id is not None)
         return run_id_now
 
     def fit(self, model: torch.nn.Module, export: Callable[[torch.nn.Module], dict], describe: str,

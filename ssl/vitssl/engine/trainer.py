@@ -20,8 +20,10 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 from accelerate import Accelerator
+from accelerate.utils import DistributedType
 from tqdm.auto import tqdm
 
+from vitssl.engine.builders import cast_float_buffers, model_dtype, to_model_input
 from vitssl.engine.checkpoint import Checkpointer, load_checkpoint
 from vitssl.engine.plan import TrainingPlan, set_lr
 from vitssl.tracking import MlflowRun
@@ -132,6 +134,8 @@ class Trainer:
                  figure_batch: dict | None = None):
         self.accelerator = accelerator
         self.model, self.optimizer = accelerator.prepare(model, optimizer)
+        self.input_dtype = model_dtype(self.model)
+        cast_float_buffers(self.model, self.input_dtype)
         self.plan = plan
         self.tracker = tracker
         self.checkpointer = checkpointer
@@ -152,6 +156,14 @@ class Trainer:
                                                       self.state.to_dict())
         self.last_saved_step = self.state.step
         return self.last_checkpoint
+
+    def _clip_gradients(self) -> dict[str, torch.Tensor]:
+        """Clip; return the norm before clipping, left on the device (no host sync)."""
+        if self.accelerator.distributed_type == DistributedType.DEEPSPEED:
+            # DeepSpeed clipped inside backward; accelerate's clip_grad_norm_ would .item() its norm.
+            norm = self.model.get_global_grad_norm()
+            return {} if norm is None else {"grad_norm": norm}
+        return {"grad_norm": self.accelerator.clip_grad_norm_(self.model.parameters(), self.options.grad_clip)}
 
     # -- agreement across processes ------------------------------------------------------------
     def _agree(self, bad: torch.Tensor, stop: bool) -> tuple[bool, bool]:
@@ -197,12 +209,12 @@ class Trainer:
                         continue  # the remainder of an epoch that does not fill an accumulation step
                     if (seen - 1) % sch.grad_accum == 0:  # before any backward: DeepSpeed steps inside it
                         set_lr(self.optimizer, sch.lr(st.step))
-                    batch = {k: v.to(acc.device, non_blocking=True) for k, v in batch.items()}
+                    batch = to_model_input(batch, acc.device, self.input_dtype)
                     with acc.accumulate(self.model):
                         loss, metrics = self.model(batch)
                         acc.backward(loss)
                         if acc.sync_gradients and opts.grad_clip:
-                            metrics["grad_norm"] = acc.clip_grad_norm_(self.model.parameters(), opts.grad_clip)
+                            metrics |= self._clip_gradients()
                         self.optimizer.step()
                         self.optimizer.zero_grad(set_to_none=True)
                     window_imgs += next(iter(batch.values())).shape[0]
@@ -276,7 +288,11 @@ class Trainer:
         means = self._mean_across(st.epoch_means.means())
         st.epoch_means = RunningMeans()
         epoch = st.epoch + 1
+        every, last = self.options.figure_every, epoch == self.plan.schedule.epochs
+        figures = self.figure_batch is not None and every and (epoch % every == 0 or last)
         if not acc.is_main_process:
+            if figures:  # every process has the batch and joins the forward: ZeRO-3 gathers weights in it
+                self._log_figures(epoch)
             return
         if st.step > self.logged_through:
             self.tracker.log_metrics({f"epoch_{k}": v for k, v in means.items()}, st.step)
@@ -284,8 +300,7 @@ class Trainer:
             st.history[f"epoch_{k}"].append((epoch, v))
         acc.print(f"epoch {epoch}/{self.plan.schedule.epochs} step {st.step}: "
                   + " ".join(f"{k}={v:.4f}" for k, v in sorted(means.items())))
-        every, last = self.options.figure_every, epoch == self.plan.schedule.epochs
-        if self.figure_batch is not None and every and (epoch % every == 0 or last):
+        if figures:
             self._log_figures(epoch)
 
     def _log_figures(self, epoch: int) -> None:
@@ -293,12 +308,13 @@ class Trainer:
         model = acc.unwrap_model(self.model)
         was_training = model.training
         model.eval()
-        batch = {k: v.to(acc.device) for k, v in self.figure_batch.items()}
+        batch = to_model_input(self.figure_batch, acc.device, self.input_dtype)
         with acc.autocast():
             figures = model.figures(batch)
         model.train(was_training)
         for name, fig in figures.items():
-            self.tracker.log_figure(fig, f"figures/epoch_{epoch:03d}_{name}")
+            if acc.is_main_process:
+                self.tracker.log_figure(fig, f"figures/epoch_{epoch:03d}_{name}")
             close(fig)
 
     def log_curves(self) -> None:

@@ -80,6 +80,10 @@ class MlflowRun:
         now = int(time.time() * 1000)
         self._client.log_batch(self.run_id, metrics=[Metric(k, float(v), now, step) for k, v in metrics.items()])
 
+    def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
+        if self.enabled:
+            self._client.log_artifact(self.run_id, str(path), artifact_path)
+
     def log_text(self, text: str, artifact_file: str) -> None:
         if self.enabled:
             self._client.log_text(self.run_id, text, artifact_file)

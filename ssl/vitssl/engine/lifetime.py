@@ -1,0 +1,40 @@
+"""A trainer does not outlive its launcher.
+
+`accelerate launch` with one process runs the trainer as a plain child and does not forward
+SIGTERM, and a launcher killed with SIGKILL forwards nothing: the trainer would train on
+unattended and race the next launch for the run folder. On Linux the kernel sends the child a
+signal when its parent dies (prctl PR_SET_PDEATHSIG); SIGTERM takes the trainer's normal stop path
+(checkpoint, MLflow run KILLED, exit 143). Only under a launcher: a trainer started from a shell
+(`nohup python launch/pretrain.py ... &`) must survive that shell.
+"""
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import sys
+from pathlib import Path
+
+PR_SET_PDEATHSIG = 1
+LAUNCHERS = (b"accelerate", b"torchrun", b"torch.distributed.run", b"launch/launcher.py")
+
+
+def _parent_is_a_launcher(parent: int) -> bool:
+    try:
+        cmdline = Path(f"/proc/{parent}/cmdline").read_bytes()
+    except OSError:
+        return False
+    return any(name in cmdline for name in LAUNCHERS)
+
+
+def die_with_launcher() -> None:
+    if not sys.platform.startswith("linux"):
+        return
+    parent = os.getppid()
+    if not _parent_is_a_launcher(parent):
+        return
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) != 0:
+        return  # not permitted here (some sandboxes): the launcher then has to forward signals itself
+    if os.getppid() != parent:  # the launcher died before prctl took effect
+        os.kill(os.getpid(), signal.SIGTERM)

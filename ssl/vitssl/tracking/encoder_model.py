@@ -1,0 +1,80 @@
+"""The pretrained encoder as an MLflow 3 logged model: what a fine-tune job on any machine downloads.
+
+The logged model `encoder` (a child of the pretraining run, `models:/<model_id>`) holds
+- an `mlflow.pytorch` model with a tensor signature: `mlflow.pytorch.load_model(uri)` gives the
+  nn.Module back (vitssl must be importable), and
+- `extra_files/encoder.pt`, the plain-data export (arch, arguments, fp32 state dict) that vitssl's
+  fine-tuning rebuilds the encoder from, loaded with `weights_only=True`.
+With `register_as`, the model also becomes the next version of that registered model.
+"""
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from vitssl.models import encoder_from_export
+
+MODEL_NAME = "encoder"  # runs:/<run_id>/encoder resolves to it
+EXPORT_FILE = "encoder.pt"
+EXPORT_IN_MODEL = f"extra_files/{EXPORT_FILE}"
+MODEL_TYPE = "vitssl-encoder"
+
+
+@dataclass(frozen=True)
+class LoggedEncoder:
+    model_uri: str  # models:/<model_id>
+    model_id: str
+    registered_uri: str | None = None  # models:/<name>/<version> when registered
+
+
+def fp32_export(export: dict) -> dict:
+    """The export with every floating tensor on the CPU in fp32 (a bf16/fp16 run exports half tensors)."""
+    state = {k: (v.detach().float() if v.is_floating_point() else v.detach()).cpu()
+             for k, v in export["state_dict"].items()}
+    return export | {"state_dict": state}
+
+
+def example_input(export: dict, batch: int = 2) -> torch.Tensor:
+    """Zeros of the shape the encoder takes: (B, C, H, W), or (B, C, T, H, W) for clip encoders."""
+    a = export["args"]
+    frames = a.get("frames", 1)
+    spatial = (a["img_size"], a["img_size"])
+    return torch.zeros(batch, a["in_chans"], *((frames,) if frames > 1 else ()), *spatial)
+
+
+def log_encoder(tracking_uri: str, run_id: str, export: dict, step: int, register_as: str | None = None,
+                tags: dict[str, str] | None = None) -> LoggedEncoder:
+    """Log `export` as the run's `encoder` model (and register it as `register_as`)."""
+    import mlflow
+    from mlflow.models import infer_signature
+
+    export = fp32_export(export)
+    encoder = encoder_from_export(export)
+    encoder.load_state_dict(export["state_dict"], strict=True)
+    encoder.eval()
+    x = example_input(export)
+    with torch.no_grad():
+        signature = infer_signature(x.numpy(), encoder(x).numpy())
+    mlflow.set_tracking_uri(tracking_uri)  # log_model and register_model use the global URI
+    # Created here so the model lands in the run's experiment (where runs:/<run_id>/encoder looks for
+    # it), not in whichever experiment the fluent API considers active.
+    model = mlflow.initialize_logged_model(
+        name=MODEL_NAME, source_run_id=run_id, model_type=MODEL_TYPE,
+        experiment_id=mlflow.MlflowClient().get_run(run_id).info.experiment_id,
+        tags={"vitssl.arch": export.get("arch", "vit"), "vitssl.objective": str(export.get("objective")),
+              **(tags or {})})
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / EXPORT_FILE
+        torch.save(export, path)
+        info = mlflow.pytorch.log_model(
+            encoder, name=MODEL_NAME, model_id=model.model_id, run_id=run_id, step=step, signature=signature,
+            input_example=x, extra_files=[str(path)],  # the example lets the default pt2 format trace it
+            # given explicitly: inferring them re-imports the model in a subprocess (slow, and may fail)
+            pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
+            registered_model_name=register_as, await_registration_for=60)
+    registered = (f"models:/{register_as}/{info.registered_model_version}"
+                  if register_as and info.registered_model_version else None)
+    return LoggedEncoder(info.model_uri, info.model_id, registered)

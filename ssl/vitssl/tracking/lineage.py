@@ -1,0 +1,107 @@
+"""Where a run came from, in MLflow's own terms: standard source tags, the shards as dataset inputs,
+the accelerate environment as params.
+
+Everything here takes an `MlflowClient` and a run id, so it works the same against a SQLite file
+and a tracking server, and never needs the fluent API's active run.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+from vitssl.data.manifest import split_info
+from vitssl.data.sources import is_url_list, local_path, source_manifest
+from vitssl.tracking.mlflow_run import git_commit
+
+CONTEXT_TAG = "mlflow.data.context"
+DIGEST_CHARS = 16  # MLflow's dataset digest column holds 36 characters; the full sha256 goes in the profile
+
+
+def source_tags(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """MLflow's standard run tags (mlflow.user, mlflow.source.name/type, mlflow.source.git.commit/branch/
+    repoURL), resolved from the entry script in sys.argv[0] as `mlflow.start_run` would; when that script
+    is not in a git checkout, the commit of the checkout vitssl is imported from."""
+    from mlflow.tracking.context.registry import resolve_tags
+    from mlflow.utils.mlflow_tags import MLFLOW_GIT_COMMIT
+
+    tags = resolve_tags(extra or {})
+    if MLFLOW_GIT_COMMIT not in tags and (commit := git_commit()) != "unknown":
+        tags[MLFLOW_GIT_COMMIT] = commit
+    return tags
+
+
+def split_sha256(manifest: dict, split: str, shard_dir: str | Path) -> str:
+    """A content digest of one split: sha256 over its shards' names and sha256s, in manifest order.
+    It does not depend on where the shards live, so the same data has the same digest on every machine."""
+    shards = split_info(manifest, split, shard_dir)["shards"]
+    lines = "".join(f"{s['name']} {s['sha256']}\n" for s in shards)
+    return hashlib.sha256(lines.encode()).hexdigest()
+
+
+def shard_dataset(shard_dir: str | Path, split: str):
+    """The `split` of the shards in `shard_dir` as an MLflow dataset entity: the manifest's digest, its
+    source and counts (the profile the UI shows)."""
+    from mlflow.data.meta_dataset import MetaDataset
+    from mlflow.entities import Dataset
+
+    manifest = source_manifest(shard_dir, [split])
+    info = split_info(manifest, split, shard_dir)
+    sha = split_sha256(manifest, split, shard_dir)
+    profile = {"split": split, "num_samples": info["count"], "per_class": info.get("per_class", {}),
+               "num_shards": len(info["shards"]), "classes": manifest.get("classes", []), "sha256": sha,
+               "data_source": manifest.get("source", {}), "prep_command": manifest.get("command", "")}
+    meta = MetaDataset(_dataset_source(str(shard_dir)),
+                       name=f"{manifest.get('dataset', Path(shard_dir).name)}-{split}", digest=sha[:DIGEST_CHARS])
+    entity = meta._to_mlflow_entity()  # MetaDataset carries no profile: add the counts to its entity
+    return Dataset(entity.name, entity.digest, entity.source_type, entity.source, profile=json.dumps(profile))
+
+
+def _dataset_source(spec: str):
+    """MLflow's source for ``data.shards``: a local folder, an http(s)/file URL, or (``pipe:`` commands,
+    which MLflow has no type for) a code source tagged with the spec."""
+    from mlflow.data.code_dataset_source import CodeDatasetSource
+    from mlflow.data.dataset_source_registry import resolve_dataset_source
+    from mlflow.exceptions import MlflowException
+
+    if local_path(spec) is not None and not is_url_list(spec):
+        return resolve_dataset_source(str(Path(spec).resolve()))  # a "local" source
+    try:
+        return resolve_dataset_source(spec)
+    except MlflowException:
+        return CodeDatasetSource({"vitssl.data.shards": spec})
+
+
+def log_shard_inputs(client, run_id: str, shard_dir: str | Path, inputs: list[tuple[str, str]]) -> None:
+    """Log each (context, split) pair, e.g. ("training", "train"), as a dataset input of the run."""
+    from mlflow.entities import DatasetInput, InputTag
+
+    datasets = [DatasetInput(shard_dataset(shard_dir, split), [InputTag(CONTEXT_TAG, context)])
+                for context, split in inputs]
+    client.log_inputs(run_id, datasets=datasets)
+
+
+def accelerate_params(accelerator) -> dict[str, Any]:
+    """The launch environment as params: processes, precision, distributed type, DeepSpeed stage."""
+    state = accelerator.state
+    params = {"accelerate.num_processes": accelerator.num_processes,
+              "accelerate.mixed_precision": accelerator.mixed_precision,
+              "accelerate.distributed_type": str(accelerator.distributed_type.value),
+              "accelerate.device": str(accelerator.device),
+              "accelerate.gradient_accumulation_steps": accelerator.gradient_accumulation_steps}
+    plugin = getattr(state, "deepspeed_plugin", None)
+    if plugin is not None:
+        params["accelerate.deepspeed_zero_stage"] = plugin.zero_stage
+    return params
+
+
+def log_run_lineage(tracking_uri: str, run_id: str, accelerator, shard_dir: str | Path,
+                    inputs: list[tuple[str, str]]) -> None:
+    """A new run's accelerate environment (params) and shards (dataset inputs), from the main process."""
+    import mlflow
+    from mlflow.entities import Param
+
+    client = mlflow.MlflowClient(tracking_uri)
+    client.log_batch(run_id, params=[Param(k, str(v)) for k, v in accelerate_params(accelerator).items()])
+    log_shard_inputs(client, run_id, shard_dir, inputs)
