@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from vitssl.eval.compare import compare
+from vitssl.eval.compare import SEEDS_FINETUNE, compare
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -20,9 +20,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tracking-uri", default=None, help="default: $MLFLOW_TRACKING_URI or sqlite:///mlflow.db")
     parser.add_argument("--out", default=None, help="folder for comparison.md / .csv / .png")
     parser.add_argument("--parent-run", default=None, help="only the children of this MLflow run (a study)")
+    parser.add_argument("--seeds-reference", action="store_true",
+                        help="print the seeds' fine-tune numbers beside test (their MNIST 0/1/2 protocol only)")
     args = parser.parse_args(argv)
     try:
-        table = compare(args.experiment, args.tracking_uri, args.out, args.parent_run)
+        table = compare(args.experiment, args.tracking_uri, args.out, args.parent_run,
+                        SEEDS_FINETUNE if args.seeds_reference else None)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

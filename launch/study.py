@@ -30,7 +30,7 @@ from pathlib import Path
 
 from vitssl.config import ConfigError, PretrainConfig, load_config
 from vitssl.engine.checkpoint import TRAINER_STATE, latest_checkpoint
-from vitssl.eval.compare import compare
+from vitssl.eval.compare import SEEDS_FINETUNE, compare
 from vitssl.study import stages
 from vitssl.study.scheduler import Job, Outcome, plan_slots, run_jobs
 from vitssl.tracking import MlflowRun, git_commit, resolve_tracking_uri
@@ -62,6 +62,14 @@ def eval_splits(shards: Path) -> list[str]:
     return [s for s in stages.EVAL_SPLITS if s in present]
 
 
+def seeds_protocol(shards: Path) -> bool:
+    """The seeds' MNIST 0/1/2 split (embedded digits, 100 train + 100 test a class): their numbers apply."""
+    m = json.loads((shards / "manifest.json").read_text())
+    o = m.get("options", {})
+    return (o.get("source") == "embedded" and o.get("digits") == [0, 1, 2] and o.get("train_per_class") == 100
+            and o.get("test_per_class") == 100 and o.get("seed") == 0)
+
+
 def build_jobs(args, out: Path, configs: Path, common: list[str], splits: list[str], uri: str,
                parent: str) -> list[Job]:
     jobs: list[Job] = []
@@ -71,7 +79,7 @@ def build_jobs(args, out: Path, configs: Path, common: list[str], splits: list[s
     if (args.pixel_baselines and "val" in splits
             and not (out / "runs" / "pixels_svm_rbf-s0" / "eval_metrics.json").is_file()):
         jobs.append(Job("pixel baselines", stages.pixel_baselines, dict(
-            shards=str(Path(args.shards).resolve()), tracking_uri=uri, experiment=args.experiment,
+            shards=str(Path(args.shards).resolve()), splits=splits, tracking_uri=uri, experiment=args.experiment,
             parent_run_id=parent, seed=0, out=str(out / "runs"),
             class_names=json.loads((Path(args.shards) / "manifest.json").read_text())["classes"]), cost=0.5))
     variants = [("", "train")] + ([("extra", "unlabeled")] if args.extra_data else [])
@@ -143,6 +151,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--configs", default=str(ROOT / "configs/mnist012"),
                         help="folder with <objective>.yaml pretrain configs and finetune.yaml")
     parser.add_argument("--jobs", type=int, default=None, help="concurrent stages (default: CPU cores, or GPUs)")
+    parser.add_argument("--threads", type=int, default=1, help="CPU threads per worker (no GPU)")
     parser.add_argument("--extra-data", action="store_true",
                         help="also pretrain on the shards' 'unlabeled' split (label-free extra data), its own rows")
     parser.add_argument("--pixel-baselines", action=argparse.BooleanOptionalAction, default=True,
@@ -159,8 +168,8 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [o for o in args.objectives if o not in OBJECTIVES]
     if unknown:
         parser.error(f"unknown objective(s) {unknown}; choose from {OBJECTIVES}")
-    if args.jobs is not None and args.jobs < 1:
-        parser.error(f"--jobs must be at least 1, got {args.jobs}")
+    if args.jobs is not None and args.jobs < 1 or args.threads < 1:
+        parser.error(f"--jobs and --threads must be at least 1, got {args.jobs} and {args.threads}")
 
     start = time.perf_counter()
     uri = resolve_tracking_uri(args.tracking_uri)
@@ -176,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    slots = plan_slots(args.jobs)
+    slots = plan_slots(args.jobs, args.threads)
     os.environ["TQDM_DISABLE"] = "1"  # the workers' progress bars; tqdm reads it when imported
     print(f"study run {parent}: {len(jobs)} stages on {slots.workers} worker(s) x {slots.threads} thread(s)"
           f"{' (one GPU each)' if slots.gpus else ''}; evaluated on {', '.join(splits)}; logs in {out}/logs",
@@ -187,7 +196,8 @@ def main(argv: list[str] | None = None) -> int:
     tracker.log_metrics({"wall_time_s": total}, 0)
     print(f"\nstudy wall time {total:.0f} s ({len(outcomes)} stages on {slots.workers} workers)")
     try:
-        print("\n" + compare(args.experiment, uri, out))
+        reference = SEEDS_FINETUNE if seeds_protocol(shards) else None
+        print("\n" + compare(args.experiment, uri, out, reference=reference))
         print(f"written: {out}/comparison.md, comparison.csv, comparison.png")
     except ValueError as e:
         failures.append(f"compare: {e}")

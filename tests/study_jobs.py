@@ -25,3 +25,11 @@ def meet(folder: str, name: str, partner: str, patience_s: float = 120.0) -> boo
             return True
         time.sleep(0.05)
     return False
+
+
+def linger(pid_file: str) -> None:
+    """Write this worker's pid, then wait until killed."""
+    import os
+
+    Path(pid_file).write_text(str(os.getpid()))
+    time.sleep(600)

@@ -14,7 +14,7 @@ sys.path.insert(0, str(ROOT / "launch"))
 
 import compare as compare_cli  # noqa: E402
 
-from vitssl.eval.compare import collect, to_markdown  # noqa: E402
+from vitssl.eval.compare import SEEDS_FINETUNE, collect, to_markdown  # noqa: E402
 
 EXP = "study-test"
 
@@ -61,7 +61,7 @@ def check_rows(uri: str) -> str:
     assert sorted(mae.pretrain_time_s) == [40.0, 60.0]
     assert sorted(mae.pretrain_images_per_s) == [200.0, 400.0]  # median of each run's history
     assert scratch.pretrain_time_s == []
-    table = to_markdown(rows)
+    table = to_markdown(rows, SEEDS_FINETUNE)
     assert "| mae | 2 | 98.00 ± 1.41 | – | 90.00 ± 0.00 | 50.0 ± 14.1 | 300 ± 141 | 99.00 |" in table, table
     assert "| none (scratch) | 1 | 95.00 | – | – | – | – | – |" in table, table
     return table
@@ -73,7 +73,7 @@ def test_compare_sqlite_store_and_cli_outputs(tmp_path, capsys):
     table = check_rows(uri)
     n_runs = len(mlflow.MlflowClient(uri).search_runs([mlflow.MlflowClient(uri).get_experiment_by_name(EXP).experiment_id]))
     out = tmp_path / "cmp"
-    assert compare_cli.main(["--experiment", EXP, "--tracking-uri", uri, "--out", str(out)]) == 0
+    assert compare_cli.main(["--experiment", EXP, "--tracking-uri", uri, "--out", str(out), "--seeds-reference"]) == 0
     assert capsys.readouterr().out == table
     assert table in (out / "comparison.md").read_text()
     with open(out / "comparison.csv") as f:
@@ -146,9 +146,9 @@ def test_split_tables_with_intervals_baselines_and_the_study_filter(tmp_path):
     rows = collect(EXP, uri, parent_run=study)
     assert [r.objective for r in rows] == ["pixels_svm_rbf", "none", "mae"]
     assert rows[2].seeds == {"0", "1"}  # the other study's seed 2 is left out
-    table = to_markdown(rows)
+    table = to_markdown(rows, SEEDS_FINETUNE)
     sections = table.split("\n\n")
-    assert sections[0].startswith("test: the seeds' split") and sections[2].startswith("test_large:")
+    assert sections[0] == "test (300 images)" and sections[2] == "test_large: images no stage ever saw (600 images)"
     low, high = wilson(6 + 10, 1200)  # errors pooled over the two seeds
     assert f"| mae | 2 | 98.67 ± 0.47 [{100 * low:.1f}, {100 * high:.1f}] | – | – |" in table, table
     assert "| pixels: RBF SVM | 1 | 99.00 | – | – | – | – | – |" in table, table  # test table: seeds' column

@@ -6,6 +6,7 @@ import csv
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import mlflow
@@ -114,3 +115,32 @@ def test_study_runs_every_stage_as_a_child_and_search_runs_gives_the_table(proto
             assert table[key] == pytest.approx(run[f"metrics.{split}_accuracy"], abs=1e-6), key
     metrics = json.loads((tmp_path / "study" / "runs" / "mae-s0-finetune" / "eval_metrics.json").read_text())
     assert {"val_accuracy", "test_large_accuracy"} <= set(metrics)
+
+
+def test_workers_die_with_the_study(tmp_path):
+    """A killed study leaves no worker training on (PR_SET_PDEATHSIG)."""
+    import os
+    import signal
+
+    code = ("import sys; sys.path[:0] = sys.argv[1:3]\n"
+            "from study_jobs import linger\nfrom vitssl.study.scheduler import Job, Slots, run_jobs\n"
+            f"run_jobs([Job('a', linger, dict(pid_file={str(tmp_path / 'pid')!r}))], Slots(1, 1))\n")
+    study = subprocess.Popen([sys.executable, "-c", code, str(ROOT / "tests"), str(ROOT / "ssl")])
+    pid_file = tmp_path / "pid"
+    for _ in range(1200):  # the worker starts (spawn) and writes its pid
+        if pid_file.exists() and pid_file.read_text():
+            break
+        time.sleep(0.1)
+    worker = int(pid_file.read_text())
+    study.send_signal(signal.SIGKILL)
+    study.wait()
+    for _ in range(600):
+        try:
+            os.kill(worker, 0)
+        except ProcessLookupError:
+            return
+        if Path(f"/proc/{worker}/stat").read_text().split()[2] == "Z":  # exited, not yet reaped
+            return
+        time.sleep(0.1)
+    os.kill(worker, signal.SIGKILL)
+    raise AssertionError("the worker outlived the study by a minute")

@@ -20,14 +20,14 @@ from pathlib import Path
 
 MODES = ("finetune", "linear", "knn")
 SPLITS = ("test", "test_large", "val")  # the seeds' 300-image split first: the one their numbers are on
-SPLIT_TITLES = {"test": "test: the seeds' split (100 per class)",
-                "test_large": "test_large: digits no stage ever saw (200 per class)",
-                "val": "val: every choice was made on it (100 per class)"}
+SPLIT_TITLES = {"test": "test", "test_large": "test_large: images no stage ever saw",
+                "val": "val: every choice was made on it"}
 ORDER = ("pixels_logreg", "pixels_svm_rbf", "none", "distill", "mae", "infonce", "mae_infonce", "video_mae",
          "cnn_autoencoder", "rotation", "simclr")
 LABELS = {"none": "none (scratch)", "pixels_logreg": "pixels: logistic regression",
           "pixels_svm_rbf": "pixels: RBF SVM"}
-# The seeds' fine-tune test accuracy (%) on the 300-image split, printed beside ours.
+# The seeds' fine-tune test accuracy (%) on their MNIST 0/1/2 split (100 train + 100 test a class):
+# `reference` for that protocol only.
 SEEDS_FINETUNE = {"mae": 99.0, "infonce": 98.67, "mae_infonce": 98.0, "video_mae": 98.0}
 STAGES = ("finetune", "baseline")  # baseline: a classifier on pixels; its accuracy goes in the fine-tune column
 
@@ -178,13 +178,21 @@ def splits_of(rows: list[Row]) -> list[str]:
     return [s for s in SPLITS if s in present]
 
 
-def to_markdown(rows: list[Row]) -> str:
-    """One table per evaluation split; test (the seeds' split) also lists the seeds' fine-tune numbers;
-    the other splits give the 95% Wilson interval of the pooled errors in brackets."""
+def _title(rows: list[Row], split: str) -> str:
+    ns = {s.n for r in rows for (_, sp), scores in r.scores.items() if sp == split for s in scores if s.n}
+    size = f" ({int(ns.pop()):,} images)" if len(ns) == 1 else ""
+    return SPLIT_TITLES.get(split, split) + size
+
+
+def to_markdown(rows: list[Row], reference: dict[str, float] | None = None) -> str:
+    """One table per evaluation split; the splits other than test give the 95% Wilson interval of the
+    pooled errors in brackets; `reference` (objective -> fine-tune test accuracy %, e.g. the seeds'
+    SEEDS_FINETUNE on their protocol) adds a column to the test table."""
     splits = splits_of(rows)
     parts = []
     for split in splits:
-        header = HEADER + (["seeds' fine-tune (%)"] if split == "test" else [])
+        with_reference = reference is not None and split == "test"
+        header = HEADER + (["seeds' fine-tune (%)"] if with_reference else [])
         lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         for r in rows:
             if not any(sp == split for _, sp in r.scores):
@@ -192,12 +200,11 @@ def to_markdown(rows: list[Row]) -> str:
             cells = [label(r), str(len(r.seeds))]
             cells += [_fmt_scores(r.scores.get((m, split), []), split != "test") for m in MODES]
             cells += [_fmt(r.pretrain_time_s, digits=1), _fmt(r.pretrain_images_per_s, digits=0)]
-            if split == "test":
-                cells.append(f"{SEEDS_FINETUNE[r.objective]:.2f}" if r.objective in SEEDS_FINETUNE and not r.variant
-                             else "–")
+            if with_reference:
+                cells.append(f"{reference[r.objective]:.2f}" if r.objective in reference and not r.variant else "–")
             lines.append("| " + " | ".join(cells) + " |")
         table = "\n".join(lines) + "\n"
-        parts.append(table if len(splits) == 1 else f"{SPLIT_TITLES.get(split, split)}\n\n{table}")
+        parts.append(table if len(splits) == 1 else f"{_title(rows, split)}\n\n{table}")
     return "\n".join(parts)
 
 
@@ -235,13 +242,13 @@ def bar_figure(rows: list[Row], title: str):
     return grouped_bars_figure([label(r) for r in rows], series, f"{split} accuracy (%)", title, (low, 100.5))
 
 
-def write_outputs(rows: list[Row], out: Path, title: str) -> dict[str, Path]:
+def write_outputs(rows: list[Row], out: Path, title: str, reference: dict[str, float] | None = None) -> dict[str, Path]:
     from vitssl.tracking.plots import close
 
     out.mkdir(parents=True, exist_ok=True)
     paths = {"md": out / "comparison.md", "csv": out / "comparison.csv", "png": out / "comparison.png"}
     tmp = {k: p.with_name(".tmp-" + p.name) for k, p in paths.items()}  # complete files or none
-    tmp["md"].write_text(f"# {title}\n\n" + to_markdown(rows))
+    tmp["md"].write_text(f"# {title}\n\n" + to_markdown(rows, reference))
     write_csv(rows, tmp["csv"])
     fig = bar_figure(rows, title)
     fig.savefig(tmp["png"], format="png", dpi=100, bbox_inches="tight")
@@ -252,12 +259,12 @@ def write_outputs(rows: list[Row], out: Path, title: str) -> dict[str, Path]:
 
 
 def compare(experiment: str, tracking_uri: str | None = None, out: str | Path | None = None,
-            parent_run: str | None = None) -> str:
+            parent_run: str | None = None, reference: dict[str, float] | None = None) -> str:
     """Build the table, write comparison.{md,csv,png} under `out` when given; return the markdown."""
     rows = collect(experiment, tracking_uri, parent_run)
     if not rows:
         raise ValueError(f"experiment {experiment!r} has no finished fine-tune runs"
                          + (f" under study run {parent_run}" if parent_run else ""))
     if out is not None:
-        write_outputs(rows, Path(out), f"{experiment}: accuracy by objective and mode")
-    return to_markdown(rows)
+        write_outputs(rows, Path(out), f"{experiment}: accuracy by objective and mode", reference)
+    return to_markdown(rows, reference)

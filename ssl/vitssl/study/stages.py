@@ -72,7 +72,7 @@ def eval_splits_of(cfg) -> list[str]:
     return cfg.finetune.splits(cfg.data)
 
 
-def pixel_baselines(shards: str, tracking_uri: str, experiment: str, parent_run_id: str | None,
+def pixel_baselines(shards: str, splits: list[str], tracking_uri: str, experiment: str, parent_run_id: str | None,
                     seed: int, out: str, class_names: list[str]) -> dict:
     """Logistic regression and an RBF SVM on raw pixels (vitssl.study.pixel_baselines), each an
     MLflow run tagged like a fine-tune run so the comparison table lists them beside the encoders."""
@@ -81,7 +81,7 @@ def pixel_baselines(shards: str, tracking_uri: str, experiment: str, parent_run_
     from vitssl.study.pixel_baselines import BASELINES, fit_baseline
     from vitssl.tracking import MlflowRun
 
-    data = {s: tuple(t.numpy() for t in load_split_tensors(shards, s)[:2]) for s in ("train", *EVAL_SPLITS)}
+    data = {s: tuple(t.numpy() for t in load_split_tensors(shards, s)[:2]) for s in ("train", *splits)}
     results = {}
     for name in BASELINES:
         t0 = time.perf_counter()
