@@ -16,13 +16,12 @@ import json
 import os
 import queue
 import shutil
-import tempfile
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
-from vitssl.tracking.mlflow_run import MlflowRun, resolve_tracking_uri
+from vitssl.tracking.mlflow_run import MlflowRun, log_figure_as_png, resolve_tracking_uri
 from vitssl.tracking.spool import REJECTED_FILE, Spool, apply_call, log_metric_steps
 
 # MLflow's client otherwise retries an unreachable server for minutes (7 retries, 120 s timeout).
@@ -135,13 +134,8 @@ class BufferedRun:
 
     def log_figure(self, figure, artifact_file: str) -> None:
         """Rendered here (the figure object does not outlive the caller), sent as a PNG file."""
-        if not self.enabled:
-            return
-        with tempfile.TemporaryDirectory() as tmp:
-            path = Path(tmp) / Path(artifact_file).name
-            figure.savefig(path, dpi=100, bbox_inches="tight")
-            parent = str(Path(artifact_file).parent)
-            self.log_artifact(path, None if parent == "." else parent)
+        if self.enabled:
+            log_figure_as_png(self.log_artifact, figure, artifact_file)
 
     def last_step(self, keys: tuple[str, ...]) -> int:
         """As `MlflowRun.last_step`; -1 while the server is unreachable (then the spool holds the rest)."""

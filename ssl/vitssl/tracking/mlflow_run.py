@@ -90,13 +90,8 @@ class MlflowRun:
 
     def log_figure(self, figure, artifact_file: str) -> None:
         """Save a matplotlib figure as PNG into the run's artifacts."""
-        if not self.enabled:
-            return
-        with tempfile.TemporaryDirectory() as tmp:
-            path = Path(tmp) / Path(artifact_file).name
-            figure.savefig(path, dpi=100, bbox_inches="tight")
-            parent = str(Path(artifact_file).parent)
-            self._client.log_artifact(self.run_id, str(path), None if parent == "." else parent)
+        if self.enabled:
+            log_figure_as_png(self.log_artifact, figure, artifact_file)
 
     def last_step(self, keys: tuple[str, ...]) -> int:
         """The highest step logged for any of `keys` (-1 if none): a resumed run logs only later steps."""
@@ -108,3 +103,12 @@ class MlflowRun:
     def end(self, status: str = "FINISHED") -> None:
         if self.enabled and self.run_id:
             self._client.set_terminated(self.run_id, status=status)
+
+
+def log_figure_as_png(log_artifact, figure, artifact_file: str) -> None:
+    """Render `figure` to a PNG named like `artifact_file` and hand it to `log_artifact(path, folder)`."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / Path(artifact_file).name
+        figure.savefig(path, dpi=100, bbox_inches="tight")
+        parent = str(Path(artifact_file).parent)
+        log_artifact(path, None if parent == "." else parent)
