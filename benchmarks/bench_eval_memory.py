@@ -85,8 +85,9 @@ in memory = the whole train and test splits as float tensors first (the former l
 {table}
 
 Growth per image: streamed {per_image_s:.1f} KB, in memory {per_image_m:.1f} KB (a float 3x64x64 image is
-48 KB). At Tiny-ImageNet's 110,000 images that is about {(s1 + per_image_s * (110_000 - n1) / 1024) / 1024:.1f} GB
-streamed vs {(m1 + per_image_m * (110_000 - n1) / 1024) / 1024:.1f} GB in memory (linear extrapolation).
+48 KB). Each split here fits in one shard (data_prep's default is at most 10,000 samples a shard), so
+these sizes cannot tell memory that grows with the shard from memory that grows with the dataset: a
+run over many shards is the measurement still to make before extrapolating to Tiny-ImageNet.
 """)
 
 
