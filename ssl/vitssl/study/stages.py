@@ -26,50 +26,43 @@ def _logged(log: str | Path):
         yield
 
 
-def _fresh_accelerator_state() -> None:
-    # A worker runs many stages: each builds its own Accelerator, as a fresh process would.
+def _run_stage(log: str, schema, config: str, overrides: list[str], run) -> tuple:
+    """Load the config and run one stage in this worker, its prints in `log`: (config, result, seconds)."""
     from accelerate.state import AcceleratorState, GradientState
 
-    AcceleratorState._reset_state(reset_partial_state=True)
-    GradientState._reset_state()
+    from vitssl.config import load_config
+
+    with _logged(log):
+        # A worker runs many stages: each builds its own Accelerator, as a fresh process would.
+        AcceleratorState._reset_state(reset_partial_state=True)
+        GradientState._reset_state()
+        cfg = load_config(schema, config, overrides)
+        t0 = time.perf_counter()
+        result = run(cfg)
+        return cfg, result, time.perf_counter() - t0
 
 
 def pretrain(config: str, overrides: list[str], log: str) -> dict:
-    from vitssl.config import PretrainConfig, load_config
+    from vitssl.config import PretrainConfig
     from vitssl.engine.pretrain import run_pretrain
 
-    with _logged(log):
-        _fresh_accelerator_state()
-        cfg = load_config(PretrainConfig, config, overrides)
-        t0 = time.perf_counter()
-        result = run_pretrain(cfg)
-        seconds = time.perf_counter() - t0
+    cfg, result, seconds = _run_stage(log, PretrainConfig, config, overrides, run_pretrain)
     images = cfg.run.epochs * split_count(cfg.data.shards, cfg.data.split)
     return {"run_id": result.state.mlflow_run_id, "seconds": seconds, "images_per_s": images / seconds}
 
 
 def finetune(config: str, overrides: list[str], log: str) -> dict:
-    from vitssl.config import load_config
     from vitssl.config.finetune import FinetuneConfig
     from vitssl.engine.finetune import run_finetune
 
-    with _logged(log):
-        _fresh_accelerator_state()
-        cfg = load_config(FinetuneConfig, config, overrides)
-        t0 = time.perf_counter()
-        result = run_finetune(cfg)
-        seconds = time.perf_counter() - t0
+    cfg, result, seconds = _run_stage(log, FinetuneConfig, config, overrides, run_finetune)
     train = split_count(cfg.data.shards, cfg.data.split)
     if cfg.finetune.mode == "finetune":
         images = cfg.run.epochs * train
     else:  # one pass of the frozen encoder over the training and the evaluation images
-        images = train + sum(split_count(cfg.data.shards, s) for s in eval_splits_of(cfg))
+        images = train + sum(split_count(cfg.data.shards, s) for s in cfg.finetune.splits(cfg.data))
     return {"run_id": result.run_id, "seconds": seconds, "images_per_s": images / seconds,
             "metrics": result.metrics}
-
-
-def eval_splits_of(cfg) -> list[str]:
-    return cfg.finetune.splits(cfg.data)
 
 
 def pixel_baselines(shards: str, splits: list[str], tracking_uri: str, experiment: str, parent_run_id: str | None,
