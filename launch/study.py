@@ -33,7 +33,8 @@ from vitssl.engine.checkpoint import TRAINER_STATE, latest_checkpoint
 from vitssl.eval.compare import SEEDS_FINETUNE, compare
 from vitssl.study import stages
 from vitssl.study.scheduler import Job, Outcome, plan_slots, run_jobs
-from vitssl.tracking import MlflowRun, git_commit, resolve_tracking_uri
+from vitssl.tracking import MlflowRun, resolve_tracking_uri
+from vitssl.tracking.lineage import source_tags
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -177,8 +178,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         splits = eval_splits(shards)
         tracker = MlflowRun(True, uri, args.experiment)  # creates the store before any worker opens it
-        parent = tracker.start("study", {"vitssl.stage": "study", "git_commit": git_commit(),
-                                         "command": " ".join(sys.argv)})
+        parent = tracker.start("study", source_tags({"vitssl.stage": "study", "command": " ".join(sys.argv)}))
         common = [f"data.shards={shards}", f"run.experiment={args.experiment}", f"run.tracking_uri={uri}",
                   f"run.parent_run_id={parent}"]
         jobs = build_jobs(args, out, configs, common, splits, uri, parent)
