@@ -151,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--shards", default="data/mnist012")
     parser.add_argument("--configs", default=str(ROOT / "configs/mnist012"),
                         help="folder with <objective>.yaml pretrain configs and finetune.yaml")
-    parser.add_argument("--jobs", type=int, default=None, help="concurrent stages (default: CPU cores, or GPUs)")
+    parser.add_argument("--jobs", type=int, default=None, help="concurrent stages (default: CPU cores, or GPUs; more than the GPUs share them)")
     parser.add_argument("--threads", type=int, default=1, help="CPU threads per worker (no GPU)")
     parser.add_argument("--extra-data", action="store_true",
                         help="also pretrain on the shards' 'unlabeled' split (label-free extra data), its own rows")
@@ -188,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
     slots = plan_slots(args.jobs, args.threads)
     os.environ["TQDM_DISABLE"] = "1"  # the workers' progress bars; tqdm reads it when imported
     print(f"study run {parent}: {len(jobs)} stages on {slots.workers} worker(s) x {slots.threads} thread(s)"
-          f"{' (one GPU each)' if slots.gpus else ''}; evaluated on {', '.join(splits)}; logs in {out}/logs",
+          f"{f' on {slots.gpus} GPU(s)' if slots.gpus else ''}; evaluated on {', '.join(splits)}; logs in {out}/logs",
           flush=True)
     outcomes = run_jobs(jobs, slots, report)
     total = time.perf_counter() - start

@@ -33,3 +33,24 @@ def linger(pid_file: str) -> None:
 
     Path(pid_file).write_text(str(os.getpid()))
     time.sleep(600)
+
+
+def stop_on_sigterm(pid_file: str) -> str:
+    """Like a trainer: turn SIGTERM into a clean return (after writing this worker's pid)."""
+    import os
+    import signal
+
+    stop = []
+    previous = signal.signal(signal.SIGTERM, lambda *_: stop.append(True))
+    Path(pid_file).write_text(str(os.getpid()))
+    deadline = time.monotonic() + 600
+    while not stop and time.monotonic() < deadline:
+        time.sleep(0.05)
+    signal.signal(signal.SIGTERM, previous)
+    return "stopped"
+
+
+def start_method() -> str:
+    import multiprocessing
+
+    return multiprocessing.get_start_method()

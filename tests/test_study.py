@@ -17,7 +17,7 @@ from vitssl.study.pixel_baselines import fit_baseline
 from vitssl.study.scheduler import Job, Slots, run_jobs
 
 from launching import env
-from study_jobs import meet, stamp
+from study_jobs import meet, stamp, start_method
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -52,6 +52,14 @@ def test_scheduler_runs_independent_jobs_at_the_same_time(tmp_path):
             Job("b", meet, dict(folder=str(tmp_path), name="b", partner="a"))]
     outcomes = run_jobs(jobs, Slots(workers=2, threads=1))
     assert outcomes["a"].value is True and outcomes["b"].value is True
+
+
+def test_workers_start_data_loader_workers_the_platform_way():
+    """A spawned worker would spawn its DataLoader workers too, re-importing torch every epoch."""
+    import multiprocessing
+
+    outcomes = run_jobs([Job("m", start_method, {})], Slots(1, 1))
+    assert outcomes["m"].value == multiprocessing.get_all_start_methods()[0]
 
 
 def test_scheduler_rejects_unknown_dependencies():
@@ -117,14 +125,16 @@ def test_study_runs_every_stage_as_a_child_and_search_runs_gives_the_table(proto
     assert {"val_accuracy", "test_large_accuracy"} <= set(metrics)
 
 
-def test_workers_die_with_the_study(tmp_path):
-    """A killed study leaves no worker training on (PR_SET_PDEATHSIG)."""
+@pytest.mark.parametrize("job", ["linger", "stop_on_sigterm"])
+def test_workers_die_with_the_study(tmp_path, job):
+    """A killed study leaves no worker behind (PR_SET_PDEATHSIG): neither one its SIGTERM kills nor one
+    whose job, like a trainer, turns SIGTERM into a clean return and would wait for the next job."""
     import os
     import signal
 
     code = ("import sys; sys.path[:0] = sys.argv[1:3]\n"
-            "from study_jobs import linger\nfrom vitssl.study.scheduler import Job, Slots, run_jobs\n"
-            f"run_jobs([Job('a', linger, dict(pid_file={str(tmp_path / 'pid')!r}))], Slots(1, 1))\n")
+            f"from study_jobs import {job}\nfrom vitssl.study.scheduler import Job, Slots, run_jobs\n"
+            f"run_jobs([Job('a', {job}, dict(pid_file={str(tmp_path / 'pid')!r}))], Slots(1, 1))\n")
     study = subprocess.Popen([sys.executable, "-c", code, str(ROOT / "tests"), str(ROOT / "ssl")])
     pid_file = tmp_path / "pid"
     for _ in range(1200):  # the worker starts (spawn) and writes its pid
