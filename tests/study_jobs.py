@@ -54,3 +54,14 @@ def start_method() -> str:
     import multiprocessing
 
     return multiprocessing.get_start_method()
+
+
+def visible_gpu(folder: str, name: str, together: int, patience_s: float = 120.0) -> str | None:
+    """The GPU this worker was given, once `together` jobs run at the same time (one per worker)."""
+    import os
+
+    Path(folder, name).touch()
+    deadline = time.monotonic() + patience_s
+    while len(list(Path(folder).iterdir())) < together and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return os.environ.get("CUDA_VISIBLE_DEVICES")

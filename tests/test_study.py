@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 
 from vitssl.study.pixel_baselines import fit_baseline
-from vitssl.study.scheduler import Job, Slots, run_jobs
+from vitssl.study.scheduler import Job, Slots, plan_slots, run_jobs
 
 from launching import env
-from study_jobs import meet, stamp, start_method
+from study_jobs import meet, stamp, start_method, visible_gpu
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -60,6 +60,19 @@ def test_workers_start_data_loader_workers_the_platform_way():
 
     outcomes = run_jobs([Job("m", start_method, {})], Slots(1, 1))
     assert outcomes["m"].value == multiprocessing.get_all_start_methods()[0]
+
+
+def test_more_workers_than_gpus_share_them_round_robin(tmp_path, monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr("os.cpu_count", lambda: 16)
+    assert plan_slots() == Slots(2, 8, gpus=2)
+    slots = plan_slots(jobs=3)
+    assert slots == Slots(3, 5, gpus=2)
+    jobs = [Job(n, visible_gpu, dict(folder=str(tmp_path), name=n, together=3)) for n in "abc"]
+    outcomes = run_jobs(jobs, slots)
+    assert sorted(o.value for o in outcomes.values()) == ["0", "0", "1"]
 
 
 def test_scheduler_rejects_unknown_dependencies():
@@ -133,7 +146,7 @@ def test_workers_die_with_the_study(tmp_path, job):
     import signal
 
     code = ("import sys; sys.path[:0] = sys.argv[1:3]\n"
-            f"from study_jobs import {job}\nfrom vitssl.study.scheduler import Job, Slots, run_jobs\n"
+            f"from study_jobs import {job}\nfrom vitssl.study.scheduler import Job, Slots, plan_slots, run_jobs\n"
             f"run_jobs([Job('a', {job}, dict(pid_file={str(tmp_path / 'pid')!r}))], Slots(1, 1))\n")
     study = subprocess.Popen([sys.executable, "-c", code, str(ROOT / "tests"), str(ROOT / "ssl")])
     pid_file = tmp_path / "pid"
