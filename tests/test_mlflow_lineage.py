@@ -146,6 +146,37 @@ def test_shards_are_dataset_inputs_with_the_manifest_digest(store, mnist012):
         assert profile["per_class"] == manifest["splits"][split]["per_class"]
 
 
+def test_runs_starting_together_all_log_the_same_new_dataset(mnist012, tmp_path):
+    """The study's workers start runs of one experiment at once: each logs the same new dataset, and
+    MLflow's SQL store (look up, then insert) lets the later insert break the unique key."""
+    import threading
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    failures = []
+    for round_ in range(4):  # the race is lost only sometimes: several fresh experiments
+        client = mlflow.MlflowClient(uri)
+        exp = client.create_experiment(f"race-{round_}")
+        runs = [client.create_run(exp).info.run_id for _ in range(8)]
+        barrier = threading.Barrier(len(runs))
+
+        def log(run_id, barrier=barrier):
+            own = mlflow.MlflowClient(uri)
+            barrier.wait()
+            try:
+                log_shard_inputs(own, run_id, mnist012, [("training", "train"), ("evaluation", "test")])
+            except Exception as e:  # noqa: BLE001 - collected and asserted below
+                failures.append(f"{type(e).__name__}: {str(e)[:200]}")
+
+        threads = [threading.Thread(target=log, args=(r,)) for r in runs]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert not failures, failures
+        for run_id in runs:
+            assert len(client.get_run(run_id).inputs.dataset_inputs) == 2
+
+
 def test_source_tags_are_mlflows_standard_ones_with_the_git_commit(store):
     tags = store["client"].get_run(store["run_id"]).data.tags
     head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=ROOT).stdout.strip()

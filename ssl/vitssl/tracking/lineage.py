@@ -76,10 +76,20 @@ def _dataset_source(spec: str):
 def log_shard_inputs(client, run_id: str, shard_dir: str | Path, inputs: list[tuple[str, str]]) -> None:
     """Log each (context, split) pair, e.g. ("training", "train"), as a dataset input of the run."""
     from mlflow.entities import DatasetInput, InputTag
+    from mlflow.exceptions import MlflowException
 
     datasets = [DatasetInput(shard_dataset(shard_dir, split), [InputTag(CONTEXT_TAG, context)])
                 for context, split in inputs]
-    client.log_inputs(run_id, datasets=datasets)
+    for attempt in range(3):
+        try:
+            client.log_inputs(run_id, datasets=datasets)
+            return
+        except MlflowException as e:
+            # Runs of one experiment starting together (the study's workers) log the same new dataset:
+            # the SQL store looks it up, then inserts it, and the later insert breaks the unique key.
+            # The call is one transaction, rolled back; by now the dataset exists, so again links it.
+            if attempt == 2 or not any(m in str(e) for m in ("UNIQUE constraint", "IntegrityError", "Duplicate entry")):
+                raise
 
 
 def accelerate_params(accelerator) -> dict[str, Any]:
