@@ -27,14 +27,19 @@ def _parent_is_a_launcher(parent: int) -> bool:
     return any(name in cmdline for name in LAUNCHERS)
 
 
-def die_with_launcher() -> None:
+def sigterm_when_parent_dies() -> bool:
+    """Ask Linux for SIGTERM when this process's parent dies; False where that is not available."""
     if not sys.platform.startswith("linux"):
-        return
+        return False
     parent = os.getppid()
-    if not _parent_is_a_launcher(parent):
-        return
     libc = ctypes.CDLL(None, use_errno=True)
     if libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) != 0:
-        return  # not permitted here (some sandboxes): the launcher then has to forward signals itself
-    if os.getppid() != parent:  # the launcher died before prctl took effect
+        return False  # not permitted here (some sandboxes): the parent then has to forward signals itself
+    if os.getppid() != parent:  # the parent died before prctl took effect
         os.kill(os.getpid(), signal.SIGTERM)
+    return True
+
+
+def die_with_launcher() -> None:
+    if sys.platform.startswith("linux") and _parent_is_a_launcher(os.getppid()):
+        sigterm_when_parent_dies()

@@ -20,6 +20,8 @@ from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wai
 from dataclasses import dataclass, field
 from typing import Any
 
+from vitssl.engine.lifetime import sigterm_when_parent_dies
+
 THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
 _study_pid: int | None = None  # in a worker: the study process that started it
 
@@ -66,17 +68,6 @@ def plan_slots(jobs: int | None = None, threads: int = 1) -> Slots:
     return Slots(max(1, jobs or cores), threads)
 
 
-def _die_with_parent() -> None:
-    """Ask Linux for SIGTERM when the study process dies (killed, or a crash), so no worker trains on
-    unattended; the trainer turns SIGTERM into a checkpoint and a clean exit. Elsewhere: a no-op."""
-    if sys.platform.startswith("linux"):
-        import ctypes
-        import signal
-
-        PR_SET_PDEATHSIG = 1
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-
-
 def _init_worker(slot_ids, threads: int, gpus: int) -> None:
     # A spawned worker has imported the parent's main module, and with it maybe torch, before this
     # runs: set the thread count on torch itself too. More OpenMP threads than the slot's share
@@ -84,7 +75,9 @@ def _init_worker(slot_ids, threads: int, gpus: int) -> None:
     global _study_pid
     slot = slot_ids.get()
     _study_pid = os.getppid()
-    _die_with_parent()
+    # SIGTERM when the study dies (killed, or a crash), so no worker trains on unattended; the
+    # trainer turns SIGTERM into a checkpoint and a clean exit.
+    sigterm_when_parent_dies()
     # A spawned process takes 'spawn' as its default start method, so each epoch's DataLoader workers
     # would re-import torch: ~10 s an epoch, measured on an H100 machine. Back to the platform's default.
     multiprocessing.set_start_method(None, force=True)
