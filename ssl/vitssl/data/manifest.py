@@ -36,7 +36,7 @@ def split_info(manifest: dict, split: str, shard_dir: str | Path) -> dict:
         raise DataError(f"{shard_dir} has no split {split!r} (splits: {sorted(manifest['splits'])})") from None
 
 
-def _sha256(path: Path) -> str:
+def file_sha256(path: str | Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
         while block := f.read(1 << 20):
@@ -64,7 +64,7 @@ def verify_split(shard_dir: str | Path, split: str, manifest: dict, check_sha: b
         key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns, shard["sha256"], shard["count"])
         if not check_sha or key in _VERIFIED:
             continue
-        if _sha256(path) != shard["sha256"]:
+        if file_sha256(path) != shard["sha256"]:
             raise DataError(f"shard {path} is corrupt (sha256 differs from the manifest): {fix}")
         if count_samples(path) != shard["count"]:
             raise DataError(f"shard {path} holds a different number of samples than the manifest's "

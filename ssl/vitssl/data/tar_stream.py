@@ -27,7 +27,7 @@ import webdataset as wds
 from webdataset.gopen import Pipe, set_options
 from webdataset.tariterators import base_plus_ext, tar_file_iterator
 
-from vitssl.data.manifest import DataError
+from vitssl.data.manifest import DataError, file_sha256
 from vitssl.data.sources import Shard, local_path
 
 HTTP_RETRIES = 3
@@ -300,11 +300,7 @@ def scan_shard(url: str) -> tuple[int, int, str]:
         if path is not None:
             with open(path, "rb") as f:
                 count = sum(1 for _ in _samples(_local_members(f), lambda i: False))
-            sha = hashlib.sha256()
-            with open(path, "rb") as f:
-                while block := f.read(1 << 20):
-                    sha.update(block)
-            return count, os.path.getsize(path), sha.hexdigest()
+            return count, os.path.getsize(path), file_sha256(path)
         stream = open_url(url)
         counting = _Counting(stream)
         try:
