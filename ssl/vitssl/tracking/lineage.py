@@ -88,7 +88,8 @@ def log_shard_inputs(client, run_id: str, shard_dir: str | Path, inputs: list[tu
             # Runs of one experiment starting together (the study's workers) log the same new dataset:
             # the SQL store looks it up, then inserts it, and the later insert breaks the unique key.
             # The call is one transaction, rolled back; by now the dataset exists, so again links it.
-            if attempt == 2 or not any(m in str(e) for m in ("UNIQUE constraint", "IntegrityError", "Duplicate entry")):
+            message = str(e).lower()  # SQLite, PostgreSQL and MySQL word it differently, also behind a server
+            if attempt == 2 or not any(m in message for m in ("unique constraint", "integrityerror", "duplicate")):
                 raise
 
 
