@@ -14,7 +14,7 @@ from accelerate import PartialState
 
 from vitssl.config import load_config
 from vitssl.config.finetune import FinetuneConfig
-from vitssl.engine.errors import EXIT_INTERRUPTED, EXIT_USER_ERROR, USER_ERRORS
+from vitssl.engine.errors import EXIT_INTERRUPTED, exit_code_on_error
 from vitssl.engine.finetune import run_finetune
 from vitssl.engine.lifetime import die_with_launcher
 
@@ -25,15 +25,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. finetune.mode=linear run.epochs=5")
     args = parser.parse_args(argv)
     die_with_launcher()
-    try:
-        cfg = load_config(FinetuneConfig, args.config, args.overrides)
-        result = run_finetune(cfg)
-    except USER_ERRORS as e:
-        print(f"error: {e}", file=sys.stderr)
-        return EXIT_USER_ERROR
-    except KeyboardInterrupt:  # Ctrl-C outside the training loop (setup, evaluation): nothing to save
-        print("interrupted", file=sys.stderr)
-        return EXIT_INTERRUPTED
+    cfg = exit_code_on_error(lambda: load_config(FinetuneConfig, args.config, args.overrides))
+    if isinstance(cfg, int):
+        return cfg
+    result = exit_code_on_error(lambda: run_finetune(cfg))
+    if isinstance(result, int):
+        return result
     if result.interrupted:
         if PartialState().is_main_process:
             print("interrupted: run the same command again to resume (run.resume=auto)")

@@ -11,7 +11,7 @@ import sys
 from accelerate import PartialState
 
 from vitssl.config import PretrainConfig, load_config
-from vitssl.engine.errors import EXIT_INTERRUPTED, EXIT_USER_ERROR, USER_ERRORS
+from vitssl.engine.errors import EXIT_INTERRUPTED, exit_code_on_error
 from vitssl.engine.lifetime import die_with_launcher
 from vitssl.engine.pretrain import run_pretrain
 
@@ -22,15 +22,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. optim.lr=3e-4 run.epochs=2")
     args = parser.parse_args(argv)
     die_with_launcher()
-    try:
-        cfg = load_config(PretrainConfig, args.config, args.overrides)
-        result = run_pretrain(cfg)
-    except USER_ERRORS as e:
-        print(f"error: {e}", file=sys.stderr)
-        return EXIT_USER_ERROR
-    except KeyboardInterrupt:  # Ctrl-C outside the training loop (setup, evaluation): nothing to save
-        print("interrupted", file=sys.stderr)
-        return EXIT_INTERRUPTED
+    result = exit_code_on_error(lambda: run_pretrain(load_config(PretrainConfig, args.config, args.overrides)))
+    if isinstance(result, int):
+        return result
     if PartialState().is_main_process:
         if result.interrupted:
             print("interrupted: run the same command again to resume (run.resume=auto)")

@@ -112,6 +112,8 @@ def test_wrong_pretrained_is_a_clear_error(pretrained, tmp_path):
     (other / "encoder.pt").write_bytes(b"not a torch file")
     with pytest.raises(PretrainedError, match="not a vitssl encoder export"):
         load_encoder(other)
+    with pytest.raises(PretrainedError, match="not a vitssl encoder export"):
+        resolve_pretrained(str(other), uri)  # read once, when it is found
 
     # An encoder for other images than the data.
     cfg = ft_config(pretrained, tmp_path / "x", f"finetune.pretrained={pretrained['checkpoint']}",

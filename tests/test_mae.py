@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from vitssl.config import PretrainConfig
+from vitssl.config import ConfigError, PretrainConfig
 from vitssl.models.masking import mask_from_noise, patchify
 from vitssl.objectives import build_objective
 from vitssl.objectives.mae import MaskNoise
@@ -78,3 +78,22 @@ def test_reconstruction_figure():
     mae = build()
     figs = mae.figures({"image": torch.rand(4, 1, 28, 28)})
     assert list(figs) == ["reconstruction.png"]
+
+
+def test_augment_moves_the_digit_before_masking():
+    """objective.augment: the sample transform applies a random affine, then draws mask noise;
+    off (the default), the image passes through untouched."""
+    image = torch.zeros(1, 28, 28)
+    image[:, 10:18, 12:16] = 1.0
+    plain = build().sample_transform()({"image": image.clone()})
+    assert torch.equal(plain["image"], image) and plain["mask_noise"].shape == (16,)
+    moved = build(augment=True, augment_degrees=30.0).sample_transform()
+    torch.manual_seed(0)
+    out = moved({"image": image.clone()})
+    assert not torch.equal(out["image"], image) and out["mask_noise"].shape == (16,)
+    assert out["image"].shape == image.shape and 0 <= out["image"].min() and out["image"].max() <= 1
+
+
+def test_augment_scale_is_checked_with_its_key():
+    with pytest.raises(ConfigError, match=r"objective\.augment_scale"):
+        build(augment_scale=[1.2, 0.9])

@@ -54,6 +54,13 @@ def test_zero_weight_is_rejected():
         parse_options(cfg(infonce_weight=0))
 
 
+def test_augment_needs_the_unaugmented_input():
+    """view1 is already augmented: moving the image MAE does not read would be a silent no-op."""
+    with pytest.raises(ConfigError, match="mae_input"):
+        parse_options(cfg(augment=True))
+    assert parse_options(cfg(augment=True, mae_input="image")).augment
+
+
 @pytest.mark.slow
 def test_mae_infonce_loss_falls(mnist012, tmp_path):
     out = launch("pretrain.py", "configs/mnist012/mae_infonce.yaml",

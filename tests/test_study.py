@@ -167,3 +167,17 @@ def test_workers_die_with_the_study(tmp_path, job):
         time.sleep(0.1)
     os.kill(worker, signal.SIGKILL)
     raise AssertionError("the worker outlived the study by a minute")
+
+
+def test_stage_images_count_max_steps(tmp_path):
+    """images/s of a stage stopped by run.max_steps counts the batches it ran, not its epochs."""
+    from vitssl.config import PretrainConfig, build_config
+    from vitssl.study.stages import trained_images
+
+    (tmp_path / "manifest.json").write_text(json.dumps({"splits": {"train": {"count": 300}}}))
+    run = {"epochs": 30}
+    cfg = build_config(PretrainConfig, {"data": {"shards": str(tmp_path), "batch_size": 32}, "run": run})
+    assert trained_images(cfg) == 9000
+    cfg = build_config(PretrainConfig, {"data": {"shards": str(tmp_path), "batch_size": 32},
+                                        "run": {**run, "max_steps": 5}})
+    assert trained_images(cfg) == 160

@@ -11,9 +11,10 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from vitssl.config.schema import DataConfig, ModelConfig, OptimConfig, RunConfig, Section
+from vitssl.data.augment import AffineOptions
 
 
-class HeadOptions(Section):
+class HeadOptions(Section, AffineOptions):
     """The classifier head and its training-time regularisation: declared once, shared by the
     `finetune:` section and the classify/distill objectives."""
 
@@ -22,10 +23,6 @@ class HeadOptions(Section):
         "cls", description="embedding for every mode: the CLS token (mean of patches without one) or the patch mean")
     head_dropout: float = Field(0.0, ge=0, lt=1)
     label_smoothing: float = Field(0.0, ge=0, lt=1)
-    augment: bool = Field(False, description="small random affine on training digits")
-    augment_degrees: float = Field(10.0, ge=0)
-    augment_translate: float = Field(0.1, ge=0, lt=1, description="fraction of the image size")
-    augment_scale: tuple[float, float] = (0.9, 1.1)
     randaugment: bool = Field(False, description="torchvision RandAugment on the uint8 training digits")
     randaugment_ops: int = Field(2, ge=1)
     randaugment_magnitude: int = Field(9, ge=0, le=30)
@@ -89,7 +86,4 @@ class FinetuneConfig(Section):
             if LAYER_IDS not in encoder_spec(self.model.arch).capabilities:
                 raise ValueError(f"finetune.layer_decay needs an encoder with layer ids; model.arch "
                                  f"{self.model.arch} has none")
-        lo, hi = self.finetune.augment_scale
-        if not 0 < lo <= hi:
-            raise ValueError(f"finetune.augment_scale must be 0 < low <= high, got {self.finetune.augment_scale}")
         return self

@@ -36,6 +36,7 @@ class Pretrained:
     experiment: str | None = None  # its experiment's name, when the run is in this tracking store
     objective: str = "none"
     handoff: Handoff | None = None  # the export downloaded through MLflow, and which artifact it was
+    export: dict | None = None  # encoder.pt's content, read once (None: from scratch)
 
     @property
     def scratch(self) -> bool:
@@ -70,7 +71,9 @@ def resolve_pretrained(spec: str, tracking_uri: str | None) -> Pretrained:
                 experiment = client.get_experiment(client.get_run(run_id).info.experiment_id).name
             except Exception:  # the run lives in another store: keep its id, use run.experiment
                 pass
-        return Pretrained(folder, run_id, experiment, _objective(folder))
+        export = read_export(folder)
+        objective = str(export.get("objective", "unknown")) if isinstance(export, dict) else "unknown"
+        return Pretrained(folder, run_id, experiment, objective, export=export)
     if not is_mlflow_reference(spec):
         raise PretrainedError(f"finetune.pretrained={spec!r}: no such folder, and not an MLflow reference "
                               f"(runs:/<run_id>[/path], models:/<name>/<version|alias>, models:/<model_id>, or "
@@ -80,14 +83,7 @@ def resolve_pretrained(spec: str, tracking_uri: str | None) -> Pretrained:
     except HandoffError as e:
         raise PretrainedError(str(e)) from None
     return Pretrained(None, handoff.run_id, handoff.experiment, str(handoff.export.get("objective", "unknown")),
-                      handoff)
-
-
-def _objective(folder: Path) -> str:
-    try:
-        return str(torch.load(folder / ENCODER_FILE, map_location="cpu", weights_only=True).get("objective"))
-    except Exception:
-        return "unknown"
+                      handoff, handoff.export)
 
 
 def load_encoder_weights(encoder: torch.nn.Module, state_dict: dict[str, torch.Tensor], source: str) -> None:
@@ -106,16 +102,21 @@ def load_encoder_weights(encoder: torch.nn.Module, state_dict: dict[str, torch.T
     encoder.load_state_dict(state_dict, strict=True)
 
 
-def load_encoder(folder: Path) -> tuple[torch.nn.Module, dict]:
-    """Rebuild the encoder from `encoder.pt`'s saved arch and arguments and load exactly its weights."""
+def read_export(folder: Path) -> dict:
+    """The content of a checkpoint folder's `encoder.pt`."""
     path = folder / ENCODER_FILE
     if not path.is_file():
         raise PretrainedError(f"{folder} has no {ENCODER_FILE}: not a vitssl checkpoint folder")
     try:
-        export = torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # unpickling: not an export
         raise PretrainedError(f"{path} is not a vitssl encoder export ({type(e).__name__}: {e})") from None
-    return rebuild_encoder(export, str(path)), export
+
+
+def load_encoder(folder: Path) -> tuple[torch.nn.Module, dict]:
+    """Rebuild the encoder from `encoder.pt`'s saved arch and arguments and load exactly its weights."""
+    export = read_export(folder)
+    return rebuild_encoder(export, str(folder / ENCODER_FILE)), export
 
 
 def rebuild_encoder(export: dict, source: str) -> torch.nn.Module:
@@ -130,9 +131,8 @@ def rebuild_encoder(export: dict, source: str) -> torch.nn.Module:
 
 def pretrained_encoder(found: Pretrained) -> tuple[torch.nn.Module, dict]:
     """The encoder and export `found` names, from its MLflow download or its checkpoint folder."""
-    if found.handoff is not None:
-        return rebuild_encoder(found.handoff.export, found.handoff.uri), found.handoff.export
-    return load_encoder(found.folder)
+    source = found.handoff.uri if found.handoff else str(found.folder / ENCODER_FILE)
+    return rebuild_encoder(found.export, source), found.export
 
 
 def load_teacher(spec: str, tracking_uri: str | None) -> FrozenClassifier:

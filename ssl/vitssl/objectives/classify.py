@@ -13,7 +13,6 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchvision.transforms.v2 import functional as TF
 
 from vitssl.config.finetune import HeadOptions
 from vitssl.data.augment import RandAugmentDigits, chain
@@ -42,26 +41,6 @@ def pooled(encoder: Encoder, images: torch.Tensor, pool: str = "cls") -> torch.T
     return encoder.pool(features)
 
 
-class RandomAffine:
-    """Per-sample transform: a small random rotation, shift and zoom of `image` (digits stay digits).
-
-    Draws from torch's global generator, which the loader seeds per (seed, epoch, sample index).
-    """
-
-    def __init__(self, degrees: float, translate: float, scale: tuple[float, float]):
-        self.degrees, self.translate, self.scale = degrees, translate, scale
-
-    def __call__(self, sample: dict) -> dict:
-        image = sample["image"]
-        u = torch.rand(4).tolist()
-        size = image.shape[-1]
-        shift = [round((2 * u[1] - 1) * self.translate * size), round((2 * u[2] - 1) * self.translate * size)]
-        sample["image"] = TF.affine(image, angle=(2 * u[0] - 1) * self.degrees, translate=shift,
-                                    scale=self.scale[0] + u[3] * (self.scale[1] - self.scale[0]), shear=[0.0],
-                                    interpolation=TF.InterpolationMode.BILINEAR)
-        return sample
-
-
 @register("classify")
 class Classify(Objective):
     Options = ClassifyOptions
@@ -78,7 +57,7 @@ class Classify(Objective):
     def sample_transform(self):
         o = self.options
         return chain(RandAugmentDigits(o.randaugment_ops, o.randaugment_magnitude) if o.randaugment else None,
-                     RandomAffine(o.augment_degrees, o.augment_translate, o.augment_scale) if o.augment else None)
+                     o.affine())
 
     def embed(self, images: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) -> pooled embedding (B, D)."""

@@ -11,17 +11,20 @@ from typing import Literal
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
 
+from vitssl.data.augment import AffineOptions, chain
 from vitssl.models import MASKED_TOKENS, MAEDecoder, ViT
 from vitssl.models.masking import mask_from_noise, patchify, unpatchify
 from vitssl.objectives.base import Batch, Metrics, Objective, ObjectiveOptions, register
 from vitssl.tracking.plots import image_rows_figure
 
 
-class ReconstructionOptions(BaseModel):
-    """Masking and decoder options shared by every masked-reconstruction objective (MAE, MAE+InfoNCE,
-    Video-MAE): declared once here, composed into each objective's options."""
+class ReconstructionOptions(AffineOptions):
+    """Masking, decoder and augmentation options shared by every masked-reconstruction objective
+    (MAE, MAE+InfoNCE, Video-MAE): declared once here, composed into each objective's options.
+    `augment` moves each training digit a little before masking: MAE pretrains with random crops
+    for the same reason (a few hundred images are otherwise memorised)."""
 
     model_config = ConfigDict(extra="forbid")
     mask_ratio: float = Field(0.75, gt=0, lt=1)
@@ -91,7 +94,7 @@ class MAE(Objective):
             raise ConfigError("invalid config: objective mae is for images (model.frames 1); use video_mae for clips")
 
     def sample_transform(self):
-        return MaskNoise(self.encoder.num_patches)
+        return chain(self.options.affine(), MaskNoise(self.encoder.num_patches))
 
     def _mask(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         noise = batch.get("mask_noise")

@@ -69,6 +69,10 @@ class MAEInfoNCE(Objective):
         if options.mae_weight == 0 or options.infonce_weight == 0:
             raise ConfigError("invalid config: objective.mae_weight and objective.infonce_weight must both be > 0 "
                               "(a zero weight leaves parameters without gradient; use objective mae or infonce)")
+        if options.augment and options.mae_input == "view1":
+            raise ConfigError("invalid config: objective.augment moves the image MAE reconstructs, but "
+                              "objective.mae_input view1 is already an augmented view; set mae_input: image "
+                              "or leave augment off")
 
     def sample_transform(self):
         return _Both(TwoViews(self.options.views, self.encoder.args.img_size), self.mae.sample_transform())

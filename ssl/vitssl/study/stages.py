@@ -42,13 +42,21 @@ def _run_stage(log: str, schema, config: str, overrides: list[str], run) -> tupl
         return cfg, result, time.perf_counter() - t0
 
 
+def trained_images(cfg) -> int:
+    """Training images a stage processes: run.epochs of its split, or fewer when run.max_steps stops
+    it first (a stage runs in one process, so a step is one batch)."""
+    images = cfg.run.epochs * split_count(cfg.data.shards, cfg.data.split)
+    if cfg.run.max_steps is not None:
+        images = min(images, cfg.run.max_steps * cfg.data.batch_size)
+    return images
+
+
 def pretrain(config: str, overrides: list[str], log: str) -> dict:
     from vitssl.config import PretrainConfig
     from vitssl.engine.pretrain import run_pretrain
 
     cfg, result, seconds = _run_stage(log, PretrainConfig, config, overrides, run_pretrain)
-    images = cfg.run.epochs * split_count(cfg.data.shards, cfg.data.split)
-    return {"run_id": result.state.mlflow_run_id, "seconds": seconds, "images_per_s": images / seconds}
+    return {"run_id": result.state.mlflow_run_id, "seconds": seconds, "images_per_s": trained_images(cfg) / seconds}
 
 
 def finetune(config: str, overrides: list[str], log: str) -> dict:
@@ -56,11 +64,10 @@ def finetune(config: str, overrides: list[str], log: str) -> dict:
     from vitssl.engine.finetune import run_finetune
 
     cfg, result, seconds = _run_stage(log, FinetuneConfig, config, overrides, run_finetune)
-    train = split_count(cfg.data.shards, cfg.data.split)
     if cfg.finetune.mode == "finetune":
-        images = cfg.run.epochs * train
+        images = trained_images(cfg)
     else:  # one pass of the frozen encoder over the training and the evaluation images
-        images = train + sum(split_count(cfg.data.shards, s) for s in cfg.finetune.splits(cfg.data))
+        images = split_count(cfg.data.shards, cfg.data.split) + sum(split_count(cfg.data.shards, s) for s in cfg.finetune.splits(cfg.data))
     return {"run_id": result.run_id, "seconds": seconds, "images_per_s": images / seconds,
             "metrics": result.metrics}
 
