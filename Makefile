@@ -6,6 +6,10 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+# make test runs test files on this many pytest-xdist workers: the CPU count, at most 4 (each slow
+# test launches up to 2 processes of its own). Whole files per worker (loadfile): a file's module
+# fixtures (DeepSpeed runs, a trained teacher) are built once.
+TEST_JOBS ?= $(shell $(PYTHON) -c 'import os; print(min(4, len(os.sched_getaffinity(0))))')
 
 .PHONY: setup run test test-fast lint bench
 
@@ -21,7 +25,7 @@ run: setup
 	$(PY) launch/study.py
 
 test: setup
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n $(TEST_JOBS) --dist loadfile
 
 test-fast: setup
 	$(PY) -m pytest -q -m "not slow"

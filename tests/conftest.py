@@ -24,3 +24,9 @@ def mnist012(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("shards") / "mnist012"
     assert data_prep_main(["mnist", "--out", str(out)]) == 0  # in this process: the fast tier launches none
     return out
+
+
+def pytest_collection_modifyitems(config, items):
+    """The slow tests first: under pytest-xdist (`make test`) the workers then end together instead
+    of one of them running the last long test alone. The sort is stable: file order stays within each tier."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)

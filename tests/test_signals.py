@@ -99,3 +99,59 @@ def test_sigterm_to_a_trainer_exits_143_without_a_traceback(mnist012, tmp_path):
     assert trainer.returncode == 143, out[-3000:]
     assert "Traceback" not in out and "interrupted: run the same command again to resume" in out
     assert_stopped_cleanly(tmp_path, [])
+
+
+ORPHAN = """
+import os, sys, time, pathlib
+from vitssl.engine.lifetime import sigterm_when_parent_dies
+from vitssl.engine.trainer import StopRequest
+out = pathlib.Path(sys.argv[1])
+assert sigterm_when_parent_dies()
+with StopRequest() as stop:
+    (out / "armed").write_text("")
+    while not stop.requested:
+        time.sleep(0.01)
+(out / "stopped").write_text(str(os.getppid()))  # past the handler: a checkpoint and the run status now
+deadline = time.time() + 60
+while not (out / "go").exists() and time.time() < deadline:
+    time.sleep(0.01)
+time.sleep(1.0)
+(out / "survived").write_text("")
+"""
+LAUNCHER = """
+import subprocess, sys, time
+subprocess.Popen([sys.executable, "-c", sys.argv[1], sys.argv[2]])
+time.sleep(600)
+"""
+SUBREAPER = """
+import ctypes, pathlib, subprocess, sys, time
+assert ctypes.CDLL(None).prctl(36, 1, 0, 0, 0) == 0  # PR_SET_CHILD_SUBREAPER: orphans below come here
+launcher = subprocess.Popen([sys.executable, "-c", sys.argv[1], sys.argv[2], sys.argv[3]])
+(pathlib.Path(sys.argv[3]) / "launcher.pid").write_text(str(launcher.pid))
+time.sleep(600)
+"""
+
+
+def wait_for(path: Path, timeout: float = 120) -> None:
+    deadline = time.time() + timeout
+    while not path.exists():
+        assert time.time() < deadline, f"{path.name} never appeared"
+        time.sleep(0.05)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="parent-death signals are Linux's")
+def test_a_stopping_orphan_gets_no_second_sigterm_when_its_new_parent_ends(tmp_path):
+    """The launcher dies: its SIGTERM stops the trainer, which is re-parented to a reaper. When that
+    reaper ends (a subreaper here; a thread of a multi-threaded init does the same), Linux repeats
+    the parent-death signal. It must not kill the trainer while it saves, after its handler is gone."""
+    reaper = subprocess.Popen([sys.executable, "-c", SUBREAPER, LAUNCHER, ORPHAN, str(tmp_path)], env=env())
+    try:
+        wait_for(tmp_path / "armed")
+        os.kill(int((tmp_path / "launcher.pid").read_text()), signal.SIGKILL)
+        wait_for(tmp_path / "stopped", 30)
+        assert int((tmp_path / "stopped").read_text()) == reaper.pid  # re-parented to the subreaper
+    finally:
+        reaper.kill()
+        reaper.wait()
+    (tmp_path / "go").write_text("")
+    wait_for(tmp_path / "survived", 30)

@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 
 from vitssl.engine.builders import cast_float_buffers, gathered_parameters, model_dtype, to_model_input
 from vitssl.engine.checkpoint import Checkpointer, load_checkpoint
+from vitssl.engine.lifetime import stop_watching_parent
 from vitssl.engine.plan import TrainingPlan, set_lr
 from vitssl.tracking import MlflowRun
 from vitssl.tracking.plots import close, curve_figure
@@ -115,6 +116,7 @@ class StopRequest:
 
     def _handle(self, signum, frame):
         self.requested = True
+        stop_watching_parent()  # stopping already: a dying launcher's repeated SIGTERM must not cut the save
 
     def __exit__(self, *exc):
         for sig, handler in self._previous.items():
