@@ -72,8 +72,7 @@ def resolve_pretrained(spec: str, tracking_uri: str | None) -> Pretrained:
             except Exception:  # the run lives in another store: keep its id, use run.experiment
                 pass
         export = read_export(folder)
-        objective = str(export.get("objective", "unknown")) if isinstance(export, dict) else "unknown"
-        return Pretrained(folder, run_id, experiment, objective, export=export)
+        return Pretrained(folder, run_id, experiment, _objective(export), export=export)
     if not is_mlflow_reference(spec):
         raise PretrainedError(f"finetune.pretrained={spec!r}: no such folder, and not an MLflow reference "
                               f"(runs:/<run_id>[/path], models:/<name>/<version|alias>, models:/<model_id>, or "
@@ -82,8 +81,12 @@ def resolve_pretrained(spec: str, tracking_uri: str | None) -> Pretrained:
         handoff = fetch_encoder(spec, resolve_tracking_uri(tracking_uri))
     except HandoffError as e:
         raise PretrainedError(str(e)) from None
-    return Pretrained(None, handoff.run_id, handoff.experiment, str(handoff.export.get("objective", "unknown")),
-                      handoff, handoff.export)
+    return Pretrained(None, handoff.run_id, handoff.experiment, _objective(handoff.export), handoff, handoff.export)
+
+
+def _objective(export) -> str:
+    """The pretext objective an export names; "unknown" for anything else (rebuilding it then says why)."""
+    return str(export.get("objective", "unknown")) if isinstance(export, dict) else "unknown"
 
 
 def load_encoder_weights(encoder: torch.nn.Module, state_dict: dict[str, torch.Tensor], source: str) -> None:

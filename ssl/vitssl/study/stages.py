@@ -67,7 +67,7 @@ def finetune(config: str, overrides: list[str], log: str) -> dict:
     if cfg.finetune.mode == "finetune":
         images = trained_images(cfg)
     else:  # one pass of the frozen encoder over the training and the evaluation images
-        images = split_count(cfg.data.shards, cfg.data.split) + sum(split_count(cfg.data.shards, s) for s in cfg.finetune.splits(cfg.data))
+        images = sum(split_count(cfg.data.shards, s) for s in [cfg.data.split, *cfg.finetune.splits(cfg.data)])
     return {"run_id": result.run_id, "seconds": seconds, "images_per_s": images / seconds,
             "metrics": result.metrics}
 
