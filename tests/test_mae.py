@@ -66,6 +66,23 @@ def test_each_style_trains_on_a_fixed_batch(style):
     assert all(p.grad is not None for p in mae.parameters()), "DDP needs every parameter used"
 
 
+@pytest.mark.parametrize("style", ["drop", "mask_token", "zero"])
+def test_reconstruction_loss_reaches_the_cls_output(style):
+    """The decoder attends to the encoder's CLS output, as in MAE's reference; otherwise the token
+    a linear probe reads is never trained by the pretext loss."""
+    mae = build(style=style)
+    outputs = []
+
+    def keep(module, inputs, output):
+        output.retain_grad()
+        outputs.append(output)
+
+    mae.encoder.norm.register_forward_hook(keep)
+    loss, _ = mae({"image": torch.rand(2, 1, 28, 28)})
+    loss.backward()
+    assert outputs[0].grad[:, 0].abs().sum() > 0
+
+
 def test_drop_style_encoder_sees_only_visible_tokens():
     mae = build(style="drop", mask_ratio=0.75)
     seen = []

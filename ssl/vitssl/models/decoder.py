@@ -12,6 +12,8 @@ class MAEDecoder(nn.Module):
 
     For the `drop` style the encoder saw only visible tokens; pass ids_restore (B, N) and the
     decoder fills the masked positions with a learned mask token. Other styles pass all N tokens.
+    The prefix (CLS) tokens go through the decoder blocks, without a position, as in MAE's
+    reference: that is the only way the reconstruction loss reaches the CLS token.
     depth 0 gives a linear decoder (the seeds' choice).
     """
 
@@ -29,13 +31,14 @@ class MAEDecoder(nn.Module):
         trunc_normal_(self.mask_token)
 
     def forward(self, tokens: torch.Tensor, num_prefix: int, ids_restore: torch.Tensor | None = None) -> torch.Tensor:
-        x = self.embed(tokens[:, num_prefix:])
+        tokens = self.embed(tokens)
+        prefix, x = tokens[:, :num_prefix], tokens[:, num_prefix:]
         if ids_restore is not None:
             b, k, d = x.shape
             fill = self.mask_token.to(x.dtype).expand(b, self.num_patches - k, -1)
             x = torch.cat([x, fill], dim=1)
             x = torch.gather(x, 1, ids_restore.unsqueeze(-1).expand(-1, -1, d))
-        x = x + self.pos_embed
+        x = torch.cat([prefix, x + self.pos_embed], dim=1)
         for block in self.blocks:
             x = block(x)
-        return self.pred(self.norm(x))
+        return self.pred(self.norm(x[:, num_prefix:]))

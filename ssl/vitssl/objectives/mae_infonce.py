@@ -4,8 +4,8 @@ loss = mae_weight * loss_mae + infonce_weight * loss_infonce.
 
 Branches (composed from vitssl.objectives.mae.MAE and infonce.ContrastiveBranch, not copied):
   MAE:      `drop` style on view1: the encoder sees CLS + the visible 25% of view1's patches; the
-            decoder reconstructs view1's masked patches. The CLS output of this pass is dropped
-            by the decoder (it only summarises a quarter of the image).
+            decoder reconstructs view1's masked patches from them and the CLS output, as in
+            MAE's reference.
   InfoNCE:  the encoder sees all patches of view1 and view2; the pooled CLS of each goes through
             the projection head into NT-Xent (negatives gathered from every process).
 Why view1 feeds MAE: MAE's own recipe pretrains on random-resized crops, with 300 training images
