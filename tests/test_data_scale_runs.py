@@ -72,7 +72,8 @@ def test_elastic_resume_two_processes_to_one_at_double_batch(mnist012, tmp_path)
     """2 processes x 8 cut at a checkpoint, resumed on 1 process x 16, ends where the uninterrupted
     2-process run ends. Not bit-equal: 1 process averages the loss over 16 samples where 2 processes
     average over 8 and all-reduce the gradients, so float sums differ in order (~1e-7 a step)."""
-    args = ["run.epochs=2", "run.checkpoint_every=5", "run.log_every=5"]
+    # The lr is pinned: the float-order gap grows with it, and the recipe's lr is tuned for accuracy.
+    args = ["run.epochs=2", "run.checkpoint_every=5", "run.log_every=5", "optim.lr=1e-4"]
     full = launch("pretrain.py", MAE, common(mnist012, tmp_path, "full") + args, tmp_path, nproc=2)
     full_ckpt = last_lines(full)["checkpoint"]
 
