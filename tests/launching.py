@@ -5,12 +5,21 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import mlflow
 
 ROOT = Path(__file__).resolve().parents[1]
 ACCELERATE = str(Path(sys.executable).with_name("accelerate"))
+
+
+def wait_until(condition, timeout: float = 60, what: str = "condition not reached") -> None:
+    """Poll condition() until it holds; fail with `what` after timeout seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.05)
 
 
 def free_port() -> int:

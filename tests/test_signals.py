@@ -16,7 +16,7 @@ import pytest
 from vitssl.engine.checkpoint import latest_checkpoint
 from vitssl.engine.lock import LOCK_FILE
 
-from launching import ROOT, client, env, launch_cmd
+from launching import ROOT, client, env, launch_cmd, wait_until
 
 pytestmark = pytest.mark.slow
 MAE = "configs/mnist012/mae.yaml"
@@ -133,10 +133,7 @@ time.sleep(600)
 
 
 def wait_for(path: Path, timeout: float = 120) -> None:
-    deadline = time.time() + timeout
-    while not path.exists():
-        assert time.time() < deadline, f"{path.name} never appeared"
-        time.sleep(0.05)
+    wait_until(path.exists, timeout, f"{path.name} never appeared")
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="parent-death signals are Linux's")

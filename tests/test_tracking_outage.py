@@ -16,7 +16,7 @@ from vitssl.tracking.buffered import BufferedRun, TrackingUnavailable
 from vitssl.tracking.mlflow_run import MlflowRun
 from vitssl.tracking.spool import Spool
 
-from launching import ROOT, free_port
+from launching import ROOT, free_port, wait_until
 from mlflow_server import start_server, wait_healthy
 
 matplotlib.use("Agg")
@@ -52,13 +52,6 @@ def server(tmp_path):
 
 def steps(client: mlflow.MlflowClient, run_id: str, key: str = "loss") -> list[int]:
     return sorted(m.step for m in client.get_metric_history(run_id, key))
-
-
-def wait_until(condition, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not reached"
-        time.sleep(0.2)
 
 
 @pytest.mark.slow
