@@ -29,6 +29,7 @@ import time
 from pathlib import Path
 
 from vitssl.config import ConfigError, PretrainConfig, load_config
+from vitssl.config.finetune import FinetuneConfig
 from vitssl.engine.checkpoint import TRAINER_STATE, latest_checkpoint
 from vitssl.eval.compare import SEEDS_FINETUNE, compare
 from vitssl.study import stages
@@ -40,8 +41,11 @@ ROOT = Path(__file__).resolve().parents[1]
 
 OBJECTIVES = ["scratch", "mae", "infonce", "mae_infonce", "video_mae"]
 MODES = ["finetune", "linear", "knn"]
-# relative cost of one pretraining image (two views, a decoder, clips): only orders the ready jobs
-PRETRAIN_COST = {"mae": 1.0, "video_mae": 2.0, "infonce": 3.0, "mae_infonce": 4.0}
+# Milliseconds per training image on one idle core (make run, 2026-11-26): only orders the ready
+# jobs, longest chain first, so that the longest fine-tune is not left to run alone at the end.
+PRETRAIN_COST = {"mae": 1.0, "video_mae": 2.0, "infonce": 2.1, "mae_infonce": 2.7}
+FINETUNE_COST = {"video_mae": 1.8}  # a clip encoder sees each image `frames` times; others 0.9
+FROZEN_EVAL_COST = 2.0  # seconds: linear probe or kNN
 
 
 def pretrain_done(config: Path, overrides: list[str]) -> bool:
@@ -83,6 +87,8 @@ def build_jobs(args, out: Path, configs: Path, common: list[str], splits: list[s
             shards=str(Path(args.shards).resolve()), splits=splits, tracking_uri=uri, experiment=args.experiment,
             parent_run_id=parent, seed=0, out=str(out / "runs"),
             class_names=json.loads((Path(args.shards) / "manifest.json").read_text())["classes"]), cost=0.5))
+    ft_cfg = load_config(FinetuneConfig, finetune_yaml, common + args.finetune_override)
+    ft_thousands = ft_cfg.run.epochs * stages.split_count(ft_cfg.data.shards, ft_cfg.data.split) / 1000
     variants = [("", "train")] + ([("extra", "unlabeled")] if args.extra_data else [])
     pretrained_dir = Path(args.pretrained_dir).resolve() if args.pretrained_dir else out / "runs"
     for seed in args.seeds:
@@ -123,7 +129,8 @@ def build_jobs(args, out: Path, configs: Path, common: list[str], splits: list[s
                     jobs.append(Job(f"{tag} {mode}", stages.finetune, dict(
                         config=finetune_yaml, overrides=overrides + args.finetune_override,
                         log=str(out / "logs" / f"{tag}-{mode}.log")), after=after,
-                        cost=3.0 if mode == "finetune" else 0.3))
+                        cost=ft_thousands * FINETUNE_COST.get(objective, 0.9) if mode == "finetune"
+                        else FROZEN_EVAL_COST))
     return jobs
 
 

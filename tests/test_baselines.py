@@ -5,9 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 from torch import nn
+from torchvision.transforms.v2 import functional as TF
 
 from vitssl.config import ConfigError, PretrainConfig, load_config
-from vitssl.data.augment import RandAugmentDigits, chain
+from vitssl.data.augment import RandAugmentDigits, affine_copies, chain
 from vitssl.engine.builders import param_groups
 from vitssl.models import CNN, CNNArgs, Swin, SwinArgs, ViT, ViTArgs, encoder_export, encoder_from_export
 from vitssl.models.cnn import CNNDecoder
@@ -64,6 +65,17 @@ def test_randaugment_keeps_uint8_28x28_and_changes_images():
     assert sample["image"].dtype == torch.float32 and sample["image"].shape == (1, 28, 28)
     assert 0 <= sample["image"].min() and sample["image"].max() <= 1
     assert chain(None, aug, None) is aug and chain(None) is None
+
+
+@pytest.mark.parametrize("shape", [(1, 28, 28), (3, 32, 20), (3, 20, 32)])
+def test_affine_copies_equal_torchvision_affine(shape):
+    image = torch.rand(shape, generator=torch.Generator().manual_seed(1))
+    angles, shifts, scales = [-9.5, 0.0, 4.0, 30.0], [(2, -3), (0, 0), (-1.5, 0.5), (4, 1)], [0.9, 1.0, 1.1, 1.3]
+    copies = affine_copies(image, angles, shifts, scales)
+    for n in range(len(angles)):
+        expected = TF.affine(image, angle=angles[n], translate=list(shifts[n]), scale=scales[n], shear=[0.0, 0.0],
+                             interpolation=TF.InterpolationMode.BILINEAR)
+        torch.testing.assert_close(copies[n], expected, atol=1e-5, rtol=0)
 
 
 def test_mixup_mixes_labels_with_the_images_coefficient():

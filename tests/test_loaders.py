@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from vitssl.data import DataError, load_manifest, load_split_tensors, make_eval_loader, make_train_loader
+from vitssl.data import shards as shards_module
 
 from fixtures import make_mnist_shards
 
@@ -183,3 +184,28 @@ def test_eval_ranks_cover_the_split_exactly_in_order(many_shards):
     assert [len(b["index"]) for b in batches] == [4, 4, 3]
     torch.testing.assert_close(batches[0]["image"], images[[0, 2, 4, 6]])
     torch.testing.assert_close(batches[0]["label"], labels[[0, 2, 4, 6]])
+
+
+# ---------------------------------------------------------------- decoded-image cache
+
+
+def test_decoded_cache_gives_the_same_batches_on_every_rank_and_worker(many_shards, monkeypatch):
+    monkeypatch.setattr(shards_module, "_DECODED", {})
+    common = dict(batch_size=8, world_size=2, num_workers=2, transform=add_noise)
+    for epoch in (0, 1):
+        from_disk = run_ranks(many_shards, epoch=epoch, cache_bytes=0, **common)
+        assert epoch or not shards_module._DECODED
+        from_memory = run_ranks(many_shards, epoch=epoch, cache_bytes=1 << 30, **common)
+        assert len(shards_module._DECODED) == 8  # every shard, decoded once
+        for disk, memory in zip(from_disk, from_memory, strict=True):
+            assert indices(disk) == indices(memory)
+            for a, b in zip(disk, memory, strict=True):
+                torch.testing.assert_close(a, b)
+
+
+def test_decoded_cache_stays_within_its_budget(many_shards, monkeypatch):
+    monkeypatch.setattr(shards_module, "_DECODED", {})
+    shard_bytes = 12 * 28 * 28  # 12 uint8 digits a shard
+    loader = make_train_loader(many_shards, batch_size=8, rank=0, world_size=1, cache_bytes=2 * shard_bytes + 100)
+    assert len(shards_module._DECODED) == 2
+    assert len(sorted(sum(indices(loader), []))) == N_TRAIN  # the rest still comes from disk

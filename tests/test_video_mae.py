@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torchvision.transforms.v2 import functional as TF
 
 from vitssl.config import PretrainConfig
 from vitssl.config.load import ConfigError, build_config
@@ -69,6 +70,20 @@ def test_clips_from_images():
     a = transform({"image": image})["clip"]
     torch.manual_seed(7)
     assert torch.equal(a, transform({"image": image})["clip"])  # seeded per sample by the loader
+
+
+@pytest.mark.parametrize("shape", [(1, 28, 28), (3, 32, 20)])
+def test_moving_clip_is_torchvision_affine_frame_by_frame(shape):
+    """The one-grid_sample clip equals torchvision's affine (rotate about the centre, translate,
+    bilinear, zero fill) applied to each frame, also for non-square colour images and even T."""
+    image = torch.rand(shape, generator=torch.Generator().manual_seed(0))
+    velocity, spin = (1.7, -0.6), 8.0
+    for frames in (2, 3, 4):
+        mid = (frames - 1) / 2
+        expected = torch.stack([TF.affine(image, angle=(k - mid) * spin, translate=[(k - mid) * v for v in velocity],
+                                          scale=1.0, shear=[0.0, 0.0], interpolation=TF.InterpolationMode.BILINEAR)
+                                for k in range(frames)], dim=1).clamp(0, 1)
+        torch.testing.assert_close(moving_clip(image, frames, velocity, spin), expected, atol=1e-5, rtol=0)
 
 
 def test_unpatchify_clip_inverts_patchify():

@@ -25,6 +25,8 @@ class DataConfig(Section):
     shuffle: bool = True
     shuffle_buffer: int = Field(1000, ge=0)
     check_sha: bool = True
+    cache_mb: int = Field(512, ge=0, description="decoded training images of local shards kept in memory "
+                          "across epochs, per process, up to this many MiB; 0 = read and decode every epoch")
     streams: int | None = Field(None, ge=1, description="the epoch's canonical partition (divides the global "
                                 "batch; keep it fixed to resume on another world size); None: automatic")
 

@@ -10,7 +10,8 @@ from __future__ import annotations
 import math
 
 import torch
-from torchvision.transforms.v2 import functional as TF
+
+from vitssl.data.augment import affine_copies
 
 
 def repeat_clip(image: torch.Tensor, frames: int) -> torch.Tensor:
@@ -23,12 +24,10 @@ def moving_clip(image: torch.Tensor, frames: int, velocity: tuple[float, float],
     rotated by (k - mid) * spin degrees about the centre, so the middle frame is the image itself
     (for odd T). Same size as the input: content moved out of the frame is cut off."""
     mid = (frames - 1) / 2
-    out = []
-    for k in range(frames):
-        s = k - mid
-        out.append(TF.affine(image, angle=s * spin, translate=[s * velocity[0], s * velocity[1]], scale=1.0,
-                             shear=[0.0, 0.0], interpolation=TF.InterpolationMode.BILINEAR))
-    return torch.stack(out, dim=1).clamp_(0, 1)
+    steps = [k - mid for k in range(frames)]
+    clip = affine_copies(image, [s * spin for s in steps], [(s * velocity[0], s * velocity[1]) for s in steps],
+                         [1.0] * frames)
+    return clip.transpose(0, 1).clamp_(0, 1)
 
 
 class MovingClip:

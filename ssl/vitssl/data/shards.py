@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import heapq
 import itertools
+import os
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -24,7 +25,7 @@ from torchvision.io import ImageReadMode, decode_image
 
 from vitssl.data.epoch_plan import EpochPlan
 from vitssl.data.manifest import DataError
-from vitssl.data.sources import local_path, split_shards
+from vitssl.data.sources import Shard, local_path, split_shards
 from vitssl.data.tar_stream import read_shard, sample_offsets
 
 Transform = Callable[[dict], dict]
@@ -34,10 +35,8 @@ IMAGE_EXTS = ("png", "jpg", "jpeg", "webp")
 # ---------------------------------------------------------------- one sample
 
 
-def decode_sample(sample: dict) -> dict:
-    """Raw ``{"__key__", "png"|"jpg"|...: bytes, "cls": bytes}`` -> ``image`` (C, H, W) float32 in [0, 1],
-    ``label`` and ``index`` int64 scalars. The index is the sample's place in the split (manifest order,
-    ``__index__``), which for data_prep shards is also the key's suffix (``<split>-<index>``)."""
+def _decode_raw(sample: dict) -> tuple[torch.Tensor, int]:
+    """Raw ``{"__key__", "png"|"jpg"|...: bytes, "cls": bytes}`` -> (uint8 image (C, H, W), label)."""
     ext = next((e for e in IMAGE_EXTS if e in sample), None)
     if ext is None or "cls" not in sample:
         raise DataError(f"sample {sample.get('__key__')!r} has members {sorted(k for k in sample if k[:2] != '__')}: "
@@ -46,10 +45,53 @@ def decode_sample(sample: dict) -> dict:
     # grayscale JPEGs among the colour ones; PNG shards are grayscale throughout.
     mode = ImageReadMode.UNCHANGED if ext == "png" else ImageReadMode.RGB
     image = decode_image(torch.frombuffer(bytearray(sample[ext]), dtype=torch.uint8), mode=mode)
+    return image, int(sample["cls"])
+
+
+def decode_sample(sample: dict) -> dict:
+    """A raw sample (or one from the decoded cache) -> ``{"image": (C, H, W) float32 in [0, 1],
+    "label": int64, "index": int64}``. The index is ``__index__`` when the reader set it (the
+    sample's position in its split), else the key's suffix (``<split>-<index>`` in data_prep shards)."""
+    image, label = sample["__decoded__"] if "__decoded__" in sample else _decode_raw(sample)
     index = sample["__index__"] if "__index__" in sample else int(sample["__key__"].rsplit("-", 1)[1])
     return {"image": image.to(torch.float32).div_(255),
-            "label": torch.tensor(int(sample["cls"]), dtype=torch.int64),
+            "label": torch.tensor(label, dtype=torch.int64),
             "index": torch.tensor(index, dtype=torch.int64)}
+
+
+# ---------------------------------------------------------------- decoded-image cache
+
+# uint8 images and labels of whole local shards, per (path, size, mtime), kept for the life of the
+# process: a 300-image split trained for 300 epochs is read and decoded once, not 300 times. Filled
+# in the main process before DataLoader workers fork, so they share it.
+_DECODED: dict[tuple[str, int, int], list[tuple[torch.Tensor, int]]] = {}
+
+
+def _file_key(path: str) -> tuple[str, int, int]:
+    stat = os.stat(path)
+    return os.path.abspath(path), stat.st_size, stat.st_mtime_ns
+
+
+def cached_shard(shard: Shard) -> list[tuple[torch.Tensor, int]] | None:
+    """The shard's decoded samples, or None when they are not in the cache."""
+    path = local_path(shard.url)
+    return _DECODED.get(_file_key(path)) if path is not None and _DECODED else None
+
+
+def cache_decoded(shards: list[Shard], budget_bytes: int) -> None:
+    """Decode each local shard into memory while the process's cache stays within ``budget_bytes``
+    (estimated from the shard's first image); shards past the budget stay on disk."""
+    held = sum(image.numel() * image.element_size() for images in _DECODED.values() for image, _ in images)
+    for shard in shards:
+        path = local_path(shard.url)
+        if path is None or _file_key(path) in _DECODED:
+            continue
+        first = next(read_shard(shard, stop=1, verify=False), None)
+        if first is None or held + shard.count * _decode_raw(first[1])[0].numel() > budget_bytes:
+            continue
+        decoded = [_decode_raw(raw) for _, raw in read_shard(shard, verify=False)]
+        _DECODED[_file_key(path)] = decoded
+        held += sum(image.numel() for image, _ in decoded)
 
 
 def sample_seed(seed: int, epoch: int, index: int) -> int:
@@ -80,24 +122,32 @@ def _identity(x):
 # ---------------------------------------------------------------- reading one stream
 
 
-def _stream_inputs(plan: EpochPlan, c: int, wanted: set[int], verify: bool) -> Iterator[tuple[int, dict]]:
-    """``(offset in stream c, raw sample)`` for the wanted offsets, in stream order."""
+def _stream_inputs(plan: EpochPlan, c: int, wanted: set[int], verify: bool,
+                   decoded: dict[int, list]) -> Iterator[tuple[int, dict]]:
+    """``(offset in stream c, raw sample)`` for the wanted offsets, in stream order; from memory for
+    the shards in ``decoded`` (shard number -> its decoded samples)."""
     base = 0
     for k, first, stop in plan.segments(c):
         shard, shift = plan.shards[k], base - first
-        for i, raw in read_shard(shard, lambda i, s=shift: s + i in wanted, stop, verify, start=first):
-            raw["__index__"] = plan.first_index[k] + i
-            yield shift + i, raw
+        cached = decoded.get(k)
+        if cached is not None:
+            for i in range(first, stop):
+                if shift + i in wanted:
+                    yield shift + i, {"__decoded__": cached[i], "__index__": plan.first_index[k] + i}
+        else:
+            for i, raw in read_shard(shard, lambda i, s=shift: s + i in wanted, stop, verify, start=first):
+                raw["__index__"] = plan.first_index[k] + i
+                yield shift + i, raw
         base += stop - first
 
 
 def _stream_samples(plan: EpochPlan, c: int, piece: range, first_step: int,
-                    verify: bool) -> Iterator[tuple[int, dict]]:
+                    verify: bool, decoded: dict[int, list]) -> Iterator[tuple[int, dict]]:
     """``(global position, raw sample)`` at places ``piece`` of stream ``c`` in global batches
     ``first_step..``, in increasing position. Holds at most the shuffle buffer's worth of samples."""
     m, order = plan.per_stream, plan.stream_order(c)
     outs = [k * m + j for k in range(first_step, plan.steps) for j in piece]
-    inputs = _stream_inputs(plan, c, {order[o] for o in outs}, verify)
+    inputs = _stream_inputs(plan, c, {order[o] for o in outs}, verify, decoded)
     held: dict[int, dict] = {}
     for o in outs:
         while order[o] not in held:
@@ -119,9 +169,9 @@ class _RankSamples(IterableDataset):
     chunk = 32
 
     def __init__(self, plan: EpochPlan, rank: int, world_size: int, first_step: int, workers: int,
-                 transform: Transform | None, verify: bool):
+                 transform: Transform | None, verify: bool, decoded: dict[int, list]):
         self.plan, self.first_step, self.workers = plan, first_step, workers
-        self.transform, self.verify = transform, verify
+        self.transform, self.verify, self.decoded = transform, verify, decoded
         self.places = plan.rank_places(rank, world_size)
         pieces = [(c, plan.stream_places(c, self.places)) for c in range(plan.streams)]
         self.pieces = [(c, piece) for c, piece in pieces if len(piece)]
@@ -130,7 +180,7 @@ class _RankSamples(IterableDataset):
         info = get_worker_info()
         worker = info.id if info is not None else 0
         plan, share = self.plan, len(self.places)
-        streams = [_stream_samples(plan, c, piece, self.first_step, self.verify)
+        streams = [_stream_samples(plan, c, piece, self.first_step, self.verify, self.decoded)
                    for c, piece in self.pieces[worker:: self.workers]]
         chunk = []
         try:
@@ -179,7 +229,8 @@ class TrainLoader:
 
     def __init__(self, shards: str | Path, split: str, *, batch_size: int, rank: int, world_size: int,
                  grad_accum: int, num_workers: int, seed: int, epoch: int, shuffle: bool, shuffle_buffer: int,
-                 transform: Transform | None, skip_samples: int, streams: int | None, check_sha: bool):
+                 transform: Transform | None, skip_samples: int, streams: int | None, check_sha: bool,
+                 cache_bytes: int = 0):
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} outside world_size {world_size}")
         global_batch = batch_size * world_size * grad_accum
@@ -192,11 +243,17 @@ class TrainLoader:
                              f"within the epoch's {self.steps_per_epoch * global_batch} samples")
         self.batch_size, self.grad_accum, self.num_workers = batch_size, grad_accum, num_workers
         self.steps_done = skip_samples // global_batch
-        for shard in self.plan.shards:  # before workers fork, so they inherit the cached offsets
-            if shard.local:
+        # before workers fork, so they inherit the cached offsets and images
+        decoded = {}
+        if cache_bytes:
+            cache_decoded(self.plan.shards, cache_bytes)
+            decoded = {k: images for k, shard in enumerate(self.plan.shards)
+                       if (images := cached_shard(shard)) is not None}
+        for k, shard in enumerate(self.plan.shards):
+            if shard.local and k not in decoded:
                 sample_offsets(local_path(shard.url))
         self._dataset = _RankSamples(self.plan, rank, world_size, self.steps_done, max(num_workers, 1), transform,
-                                     check_sha)
+                                     check_sha, decoded)
 
     def __len__(self) -> int:
         return (self.steps_per_epoch - self.steps_done) * self.grad_accum
@@ -214,19 +271,21 @@ class TrainLoader:
 def make_train_loader(shards: str | Path, split: str = "train", *, batch_size: int, rank: int, world_size: int,
                       grad_accum: int = 1, num_workers: int = 0, seed: int = 0, epoch: int = 0,
                       shuffle: bool = True, shuffle_buffer: int = 1000, transform: Transform | None = None,
-                      skip_samples: int = 0, streams: int | None = None, check_sha: bool = True) -> TrainLoader:
+                      skip_samples: int = 0, streams: int | None = None, check_sha: bool = True,
+                      cache_bytes: int = 0) -> TrainLoader:
     """The rest of one epoch of training micro-batches ``{"image": (B, C, H, W), "label": (B,), "index": (B,)}``
     for ``rank``, from global position ``skip_samples`` (= optimizer steps done x global batch).
 
     ``shards``: a folder or URL holding manifest.json, or shard URLs (see ``vitssl.data.sources``).
     ``streams``: the canonical partition of the epoch (``epoch_plan``); None picks it from the shards and
     the global batch. ``transform(sample) -> dict`` runs in the workers with torch's RNG seeded from
-    (seed, epoch, index).
+    (seed, epoch, index). ``cache_bytes``: decoded images of local shards kept in memory for later
+    epochs, up to this many bytes per process (0: read and decode every epoch).
     """
     return TrainLoader(shards, split, batch_size=batch_size, rank=rank, world_size=world_size,
                        grad_accum=grad_accum, num_workers=num_workers, seed=seed, epoch=epoch, shuffle=shuffle,
                        shuffle_buffer=shuffle_buffer, transform=transform, skip_samples=skip_samples,
-                       streams=streams, check_sha=check_sha)
+                       streams=streams, check_sha=check_sha, cache_bytes=cache_bytes)
 
 
 class EvalLoader:

@@ -79,7 +79,8 @@ def make_training_plan(cfg, accelerator: Accelerator, transform) -> TrainingPlan
             cfg.data.shards, cfg.data.split, batch_size=cfg.data.batch_size, rank=accelerator.process_index,
             world_size=world, grad_accum=cfg.run.grad_accum, num_workers=cfg.data.num_workers, seed=cfg.run.seed,
             epoch=epoch, shuffle=cfg.data.shuffle, shuffle_buffer=cfg.data.shuffle_buffer, transform=transform,
-            skip_samples=steps_done * global_batch, streams=cfg.data.streams, check_sha=cfg.data.check_sha)
+            skip_samples=steps_done * global_batch, streams=cfg.data.streams, check_sha=cfg.data.check_sha,
+            cache_bytes=cfg.data.cache_mb << 20)
 
     first = make_loader(0, 0)  # the same steps on every process and in every epoch (vitssl.data.epoch_plan)
     steps_per_epoch = first.steps_per_epoch
