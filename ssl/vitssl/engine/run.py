@@ -16,7 +16,7 @@ from typing import Callable
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import set_seed
+from accelerate.utils import DistributedType, set_seed
 
 from vitssl.config import ConfigError, flatten, to_yaml
 from vitssl.engine.builders import build_accelerator, build_optimizer
@@ -128,7 +128,8 @@ class RunSession:
         cfg, acc = self.cfg, self.accelerator
         plan: TrainingPlan = make_training_plan(cfg, acc, model.sample_transform())
         sch = plan.schedule
-        optimizer = build_optimizer(model, cfg.optim, sch.peak_lr, lr_scale)
+        optimizer = build_optimizer(model, cfg.optim, sch.peak_lr, lr_scale,
+                                    fused=acc.distributed_type != DistributedType.DEEPSPEED)
         checkpointer = Checkpointer(self.out_dir, cfg.run.checkpoint_every, cfg.run.keep_checkpoints, export,
                                     to_yaml(cfg))
         trainer = self.trainer = Trainer(acc, model, optimizer, plan, self.tracker, checkpointer,
