@@ -183,3 +183,27 @@ def test_each_mode_end_to_end_under_accelerate_launch(pretrained, tmp_path):
     assert {a.path for a in mlc.list_artifacts(runs["finetune"], "eval")} >= {"eval/curves.png"}
     ckpts = list((tmp_path / "finetune").glob("checkpoint-*"))
     assert len(ckpts) == 1 and "head" in torch.load(ckpts[0] / "encoder.pt", weights_only=True)
+
+
+def test_probe_head_start_is_the_linear_probe_folded_into_the_head(mnist012):
+    """finetune.head_init=probe (LP-FT): the head starts as the probe fitted on standardised frozen
+    features, so on raw features it gives the probe's logits."""
+    from types import SimpleNamespace
+
+    from accelerate import Accelerator
+
+    from vitssl.eval import split_features, standardise, train_linear_probe
+
+    cfg = load_config(FinetuneConfig, FINETUNE, [f"data.shards={mnist012}", "finetune.head_init=probe"])
+    torch.manual_seed(0)
+    model = Classify(ViT(ViTArgs(depth=2)), ClassifyOptions(num_classes=3))
+    accelerator = Accelerator(cpu=True)
+    engine._start_from_probe(SimpleNamespace(accelerator=accelerator), cfg, model)
+    features, labels = split_features(accelerator, model.encoder, str(mnist012), "train", 256)
+    (standardised,) = standardise(features)
+    ft = cfg.finetune
+    probe = train_linear_probe(standardised, labels, standardised, labels, 3, ft.linear_steps, ft.linear_lr,
+                               ft.linear_weight_decay, seed=cfg.run.seed).head
+    with torch.no_grad():
+        torch.testing.assert_close(model.head(features), probe(standardised), atol=1e-4, rtol=1e-4)
+        assert (model.head(features).argmax(1) == labels).float().mean() > 0.6  # a random head: about 1/3

@@ -43,6 +43,9 @@ class FinetuneOptions(HeadOptions):
         None, min_length=1, description="splits to evaluate at the end (metrics <split>_accuracy, ...); "
                                         "None = [data.eval_split]")
     layer_decay: float | None = Field(None, gt=0, le=1, description="layer-wise LR decay; None = off")
+    head_init: Literal["random", "probe"] = Field(
+        "random", description="fine-tune head start: random, or the linear probe fitted on the frozen "
+                              "encoder's features first (LP-FT, Kumar et al. 2022)")
     # label-free distillation: the loss is KL to a frozen teacher's logits, no label enters it
     teacher: str = Field("none", description="a fine-tuned classifier (named as `pretrained` is), or none")
     distill_temperature: float = Field(4.0, gt=0)

@@ -90,6 +90,8 @@ def _finetune(run: RunSession, cfg: FinetuneConfig, encoder, pretrained: Pretrai
     else:
         model = Classify(encoder, ClassifyOptions(**head))
     lr_scale = layer_decay_scales(encoder, ft.layer_decay) if ft.layer_decay else None
+    if ft.head_init == "probe" and teacher is None:
+        _start_from_probe(run, cfg, model)
 
     def export(m) -> dict:
         return encoder_export(m.encoder) | {
@@ -123,6 +125,26 @@ def _finetune(run: RunSession, cfg: FinetuneConfig, encoder, pretrained: Pretrai
         result.metrics = report(run.tracker, run.out_dir, ft.mode, class_names(cfg), splits, curves, "epoch",
                                 {"train_time_s": time.perf_counter() - t0}, ft.tsne, cfg.run.seed)
     return result
+
+
+def _start_from_probe(run: RunSession, cfg: FinetuneConfig, model: Classify) -> None:
+    """LP-FT: fit the linear probe on the frozen encoder's features of the (un-augmented) training
+    split, and start the head from it, its standardisation folded into the weights, so the first
+    steps do not send a random head's gradients into the pretrained features. Every process fits
+    the same probe (same features, seeded)."""
+    ft = cfg.finetune
+    features, labels = split_features(run.accelerator, model.encoder.to(run.accelerator.device), cfg.data.shards,
+                                      cfg.data.split, max(cfg.data.batch_size, EVAL_BATCH), ft.pool,
+                                      cfg.data.check_sha)
+    features, labels = features.float().cpu(), labels.cpu()
+    mean, scale = features.mean(0), features.std(0) + 1e-6  # what standardise() divides by
+    (standardised,) = standardise(features)
+    probe = train_linear_probe(standardised, labels, standardised, labels, ft.num_classes, ft.linear_steps,
+                               ft.linear_lr, ft.linear_weight_decay, seed=cfg.run.seed).head
+    with torch.no_grad():
+        weight = probe.weight / scale
+        model.head.weight.copy_(weight)
+        model.head.bias.copy_(probe.bias - weight @ mean)
 
 
 def _frozen(run: RunSession, cfg: FinetuneConfig, encoder) -> FinetuneResult:
