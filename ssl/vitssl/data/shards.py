@@ -81,17 +81,21 @@ def cached_shard(shard: Shard) -> list[tuple[torch.Tensor, int]] | None:
 def cache_decoded(shards: list[Shard], budget_bytes: int) -> None:
     """Decode each local shard into memory while the process's cache stays within ``budget_bytes``
     (estimated from the shard's first image); shards past the budget stay on disk."""
-    held = sum(image.numel() * image.element_size() for images in _DECODED.values() for image, _ in images)
+    held = sum(_nbytes(image) for images in _DECODED.values() for image, _ in images)
     for shard in shards:
         path = local_path(shard.url)
         if path is None or _file_key(path) in _DECODED:
             continue
         first = next(read_shard(shard, stop=1, verify=False), None)
-        if first is None or held + shard.count * _decode_raw(first[1])[0].numel() > budget_bytes:
+        if first is None or held + shard.count * _nbytes(_decode_raw(first[1])[0]) > budget_bytes:
             continue
         decoded = [_decode_raw(raw) for _, raw in read_shard(shard, verify=False)]
         _DECODED[_file_key(path)] = decoded
-        held += sum(image.numel() for image, _ in decoded)
+        held += sum(_nbytes(image) for image, _ in decoded)
+
+
+def _nbytes(image: torch.Tensor) -> int:
+    return image.numel() * image.element_size()
 
 
 def sample_seed(seed: int, epoch: int, index: int) -> int:
