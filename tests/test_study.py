@@ -46,6 +46,18 @@ def test_scheduler_respects_dependencies_and_skips_after_a_failure(tmp_path):
     assert ("start", "after-bad") not in when
 
 
+def test_one_worker_starts_the_ready_job_heading_the_longest_chain(tmp_path):
+    """Costs order the ready jobs (the study gives them in seconds per stage): a long fine-tune
+    whose pretraining is done goes before shorter independent jobs, so it is not left for last."""
+    log = str(tmp_path / "events.txt")
+    jobs = [Job("short", stamp, dict(log=log, name="short"), cost=1.0),
+            Job("pre", stamp, dict(log=log, name="pre"), cost=2.0),
+            Job("mid", stamp, dict(log=log, name="mid"), cost=4.0),
+            Job("ft", stamp, dict(log=log, name="ft"), after=("pre",), cost=5.0)]
+    run_jobs(jobs, Slots(workers=1, threads=1))
+    assert [name for kind, name, _ in events(Path(log)) if kind == "start"] == ["pre", "ft", "mid", "short"]
+
+
 def test_scheduler_runs_independent_jobs_at_the_same_time(tmp_path):
     """Each job waits for the other to start: with one job at a time the first would give up."""
     jobs = [Job("a", meet, dict(folder=str(tmp_path), name="a", partner="b")),
