@@ -72,26 +72,27 @@ def _file_key(path: str) -> tuple[str, int, int]:
     return os.path.abspath(path), stat.st_size, stat.st_mtime_ns
 
 
-def cached_shard(shard: Shard) -> list[tuple[torch.Tensor, int]] | None:
-    """The shard's decoded samples, or None when they are not in the cache."""
-    path = local_path(shard.url)
-    return _DECODED.get(_file_key(path)) if path is not None and _DECODED else None
-
-
-def cache_decoded(shards: list[Shard], budget_bytes: int) -> None:
-    """Decode each local shard into memory while the process's cache stays within ``budget_bytes``
-    (estimated from the shard's first image); shards past the budget stay on disk."""
-    held = sum(_nbytes(image) for images in _DECODED.values() for image, _ in images)
-    for shard in shards:
+def decoded_shards(shards: list[Shard], budget_bytes: int) -> dict[int, list[tuple[torch.Tensor, int]]]:
+    """Shard number -> its decoded samples, for the local shards in the process's cache; shards not
+    yet there are decoded into it while it stays within ``budget_bytes`` (estimated from the shard's
+    first image), the others stay on disk."""
+    found: dict[int, list[tuple[torch.Tensor, int]]] = {}
+    held = None  # bytes in the cache, counted only when a shard may be added
+    for k, shard in enumerate(shards):
         path = local_path(shard.url)
-        if path is None or _file_key(path) in _DECODED:
+        if path is None:
             continue
-        first = next(read_shard(shard, stop=1, verify=False), None)
-        if first is None or held + shard.count * _nbytes(_decode_raw(first[1])[0]) > budget_bytes:
-            continue
-        decoded = [_decode_raw(raw) for _, raw in read_shard(shard, verify=False)]
-        _DECODED[_file_key(path)] = decoded
-        held += sum(_nbytes(image) for image, _ in decoded)
+        key = _file_key(path)
+        if key not in _DECODED:
+            if held is None:
+                held = sum(_nbytes(image) for images in _DECODED.values() for image, _ in images)
+            first = next(read_shard(shard, stop=1, verify=False), None)
+            if first is None or held + shard.count * _nbytes(_decode_raw(first[1])[0]) > budget_bytes:
+                continue
+            _DECODED[key] = [_decode_raw(raw) for _, raw in read_shard(shard, verify=False)]
+            held += sum(_nbytes(image) for image, _ in _DECODED[key])
+        found[k] = _DECODED[key]
+    return found
 
 
 def _nbytes(image: torch.Tensor) -> int:
@@ -248,11 +249,7 @@ class TrainLoader:
         self.batch_size, self.grad_accum, self.num_workers = batch_size, grad_accum, num_workers
         self.steps_done = skip_samples // global_batch
         # before workers fork, so they inherit the cached offsets and images
-        decoded = {}
-        if cache_bytes:
-            cache_decoded(self.plan.shards, cache_bytes)
-            decoded = {k: images for k, shard in enumerate(self.plan.shards)
-                       if (images := cached_shard(shard)) is not None}
+        decoded = decoded_shards(self.plan.shards, cache_bytes) if cache_bytes else {}
         for k, shard in enumerate(self.plan.shards):
             if shard.local and k not in decoded:
                 sample_offsets(local_path(shard.url))

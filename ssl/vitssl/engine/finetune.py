@@ -20,6 +20,7 @@ from vitssl.engine.builders import gathered_parameters
 from vitssl.engine.pretrained import Pretrained, build_encoder, load_teacher, resolve_pretrained
 from vitssl.engine.run import RunSession
 from vitssl.eval import knn_predict, split_features, standardise, stream_split, train_linear_probe
+from vitssl.eval.embeddings import feature_stats
 from vitssl.eval.report import SplitPredictions, report
 from vitssl.models import LAYER_IDS, capabilities_of, encoder_export
 from vitssl.objectives.classify import Classify, ClassifyOptions
@@ -137,8 +138,8 @@ def _start_from_probe(run: RunSession, cfg: FinetuneConfig, model: Classify) -> 
                                       cfg.data.split, max(cfg.data.batch_size, EVAL_BATCH), ft.pool,
                                       cfg.data.check_sha)
     features, labels = features.float().cpu(), labels.cpu()
-    mean, scale = features.mean(0), features.std(0) + 1e-6  # what standardise() divides by
-    (standardised,) = standardise(features)
+    mean, scale = feature_stats(features)
+    standardised = (features - mean) / scale
     probe = train_linear_probe(standardised, labels, standardised, labels, ft.num_classes, ft.linear_steps,
                                ft.linear_lr, ft.linear_weight_decay, seed=cfg.run.seed).head
     with torch.no_grad():

@@ -44,7 +44,12 @@ def split_features(accelerator: Accelerator, encoder: torch.nn.Module, shards: s
     return out["features"], out["label"]
 
 
+def feature_stats(train: torch.Tensor, eps: float = 1e-6) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-feature mean and scale (std + eps) of `train` (N, D): what standardise subtracts and divides by."""
+    return train.mean(0), train.std(0) + eps
+
+
 def standardise(train: torch.Tensor, *others: torch.Tensor, eps: float = 1e-6) -> list[torch.Tensor]:
     """Zero mean, unit variance per feature with the statistics of `train` only."""
-    mean, std = train.mean(0, keepdim=True), train.std(0, keepdim=True)
-    return [(t - mean) / (std + eps) for t in (train, *others)]
+    mean, scale = feature_stats(train, eps)
+    return [(t - mean) / scale for t in (train, *others)]
