@@ -207,3 +207,29 @@ def test_probe_head_start_is_the_linear_probe_folded_into_the_head(mnist012):
     with torch.no_grad():
         torch.testing.assert_close(model.head(features), probe(standardised), atol=1e-4, rtol=1e-4)
         assert (model.head(features).argmax(1) == labels).float().mean() > 0.6  # a random head: about 1/3
+
+
+@pytest.mark.slow
+def test_two_process_probe_head_start_is_the_one_process_probe(pretrained, tmp_path):
+    """LP-FT under 2 processes: the probe is fitted on the features gathered from both ranks, so the
+    head starts where a 1-process run's does. An lr of 1e-12 leaves the saved head at its start."""
+    from types import SimpleNamespace
+
+    from accelerate import Accelerator
+
+    p = pretrained
+    overrides = [f"finetune.pretrained={p['checkpoint']}", "finetune.head_init=probe", "optim.lr=1e-12",
+                 "optim.min_lr=0", "run.epochs=1", "run.max_steps=1", "data.batch_size=16"]
+    launch("finetune.py", "configs/mnist012/finetune.yaml",
+           [f"data.shards={p['shards']}", f"run.tracking_uri={p['uri']}", "finetune.tsne=false",
+            f"run.output_dir={tmp_path / 'two'}", *overrides], tmp_path, nproc=2)
+    (ckpt,) = (tmp_path / "two").glob("checkpoint-*")
+    two = torch.load(ckpt / "encoder.pt", weights_only=True)["head"]
+
+    cfg = ft_config(p, tmp_path / "one", *overrides)
+    model = Classify(build_encoder(cfg, resolve_pretrained(cfg.finetune.pretrained, p["uri"])),
+                     ClassifyOptions(num_classes=3))
+    engine._start_from_probe(SimpleNamespace(accelerator=Accelerator(cpu=True)), cfg, model)
+    torch.testing.assert_close(two["weight"], model.head.weight.detach(), atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(two["bias"], model.head.bias.detach(), atol=1e-5, rtol=1e-4)
+    assert model.head.weight.abs().max() > 1e-3  # a fitted probe, not an untouched zero head
