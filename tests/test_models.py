@@ -1,5 +1,6 @@
 """Every model builds and does a forward/backward; blocks match their formulas."""
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -7,6 +8,8 @@ import torch
 from vitssl.models import ViT, ViTArgs
 from vitssl.models.layers import Attention, sincos_pos_embed
 from vitssl.models.masking import mask_from_noise, patchify, unpatchify
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.parametrize("args, x_shape, tokens", [
@@ -64,3 +67,30 @@ def test_mask_has_exact_count_per_sample(ratio):
     assert ids_keep.shape == (5, visible)
     assert (mask.sum(dim=1) == 16 - visible).all()
     assert (torch.gather(mask, 1, ids_keep) == 0).all()
+
+
+def test_drop_path_rises_over_the_blocks_drops_per_sample_in_training_only():
+    torch.manual_seed(0)
+    vit = ViT(ViTArgs(depth=4))
+    x = torch.randn(1, 1, 28, 28).expand(64, -1, -1, -1)  # one image, 64 times
+    vit.eval()
+    plain = vit.forward_features(x)
+    vit.set_drop_path(0.3)
+    assert [b.drop_path.p for b in vit.blocks] == pytest.approx([0.0, 0.1, 0.2, 0.3])
+    torch.testing.assert_close(vit.forward_features(x), plain, rtol=0, atol=0)  # eval: nothing dropped
+    vit.train()
+    out = vit.forward_features(x)
+    # each sample keeps or drops each residual branch on its own: identical inputs part ways
+    assert len(torch.unique(out[:, 0].round(decimals=4), dim=0)) > 8
+    vit.set_drop_path(0.0)
+    assert len(torch.unique(vit.forward_features(x)[:, 0].round(decimals=4), dim=0)) == 1
+
+
+def test_drop_path_on_an_encoder_without_blocks_is_a_clear_error():
+    from vitssl.config import load_config
+    from vitssl.config.finetune import FinetuneConfig
+    from vitssl.config.load import ConfigError
+
+    with pytest.raises(ConfigError, match="finetune.drop_path needs an encoder with residual blocks to drop; "
+                                        "model.arch cnn has none"):
+        load_config(FinetuneConfig, ROOT / "configs/mnist012/finetune.yaml", ["model.arch=cnn", "finetune.drop_path=0.1"])

@@ -43,6 +43,8 @@ class FinetuneOptions(HeadOptions):
         None, min_length=1, description="splits to evaluate at the end (metrics <split>_accuracy, ...); "
                                         "None = [data.eval_split]")
     layer_decay: float | None = Field(None, gt=0, le=1, description="layer-wise LR decay; None = off")
+    drop_path: float = Field(0.0, ge=0, lt=1, description="stochastic depth while fine-tuning, rising linearly "
+                                                          "over the blocks to this rate at the last; 0 = off")
     head_init: Literal["random", "probe"] = Field(
         "random", description="fine-tune head start: random, or the linear probe fitted on the frozen "
                               "encoder's features first (LP-FT, Kumar et al. 2022)")
@@ -89,4 +91,10 @@ class FinetuneConfig(Section):
             if LAYER_IDS not in encoder_spec(self.model.arch).capabilities:
                 raise ValueError(f"finetune.layer_decay needs an encoder with layer ids; model.arch "
                                  f"{self.model.arch} has none")
+        if ft.drop_path and ft.pretrained == "none":
+            from vitssl.models import DROP_PATH, encoder_spec
+
+            if DROP_PATH not in encoder_spec(self.model.arch).capabilities:
+                raise ValueError(f"finetune.drop_path needs an encoder with residual blocks to drop; "
+                                 f"model.arch {self.model.arch} has none (use 0)")
         return self

@@ -22,7 +22,7 @@ from vitssl.engine.run import RunSession
 from vitssl.eval import knn_predict, split_features, standardise, stream_split, train_linear_probe
 from vitssl.eval.embeddings import feature_stats
 from vitssl.eval.report import SplitPredictions, report
-from vitssl.models import LAYER_IDS, capabilities_of, encoder_export
+from vitssl.models import DROP_PATH, LAYER_IDS, capabilities_of, encoder_export
 from vitssl.objectives.classify import Classify, ClassifyOptions
 from vitssl.objectives.distill import Distill, DistillOptions
 from vitssl.tracking.handoff import link_pretrained
@@ -91,6 +91,11 @@ def _finetune(run: RunSession, cfg: FinetuneConfig, encoder, pretrained: Pretrai
     else:
         model = Classify(encoder, ClassifyOptions(**head))
     lr_scale = layer_decay_scales(encoder, ft.layer_decay) if ft.layer_decay else None
+    if ft.drop_path:
+        if DROP_PATH not in capabilities_of(encoder):
+            raise ConfigError(f"finetune.drop_path needs an encoder with residual blocks to drop; "
+                              f"{type(encoder).__name__} has none (use 0)")
+        encoder.set_drop_path(ft.drop_path)
     if ft.head_init == "probe" and teacher is None:
         _start_from_probe(run, cfg, model)
 

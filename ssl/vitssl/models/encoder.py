@@ -15,6 +15,7 @@ CLS_TOKEN = "cls_token"  # a learned CLS token pooled as the image embedding (CL
 CLIPS = "clips"  # encodes clips (B, C, T, H, W) as 3-D tubelets (Video-MAE)
 FEATURE_MAP = "feature_map"  # a convolutional feature map a decoder can upsample (CNN autoencoder)
 LAYER_IDS = "layer_ids"  # layer_id(param_name) for layer-wise LR decay in fine-tuning
+DROP_PATH = "drop_path"  # set_drop_path(rate): stochastic depth in fine-tuning
 
 
 @runtime_checkable

@@ -6,7 +6,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
-from vitssl.models.encoder import CLIPS, CLS_TOKEN, LAYER_IDS, MASKED_TOKENS
+from vitssl.models.encoder import CLIPS, CLS_TOKEN, DROP_PATH, LAYER_IDS, MASKED_TOKENS
 from vitssl.models.layers import Block, PatchEmbed, init_weights, sincos_pos_embed, trunc_normal_
 from vitssl.models.registry import register_encoder
 
@@ -33,7 +33,7 @@ class ViTArgs:
         return asdict(self)
 
 
-@register_encoder("vit", ViTArgs, {MASKED_TOKENS, CLS_TOKEN, CLIPS, LAYER_IDS}, own_keys=("frames", "tubelet"))
+@register_encoder("vit", ViTArgs, {MASKED_TOKENS, CLS_TOKEN, CLIPS, LAYER_IDS, DROP_PATH}, own_keys=("frames", "tubelet"))
 class ViT(nn.Module):
     """Pre-norm ViT encoder.
 
@@ -110,6 +110,11 @@ class ViT(nn.Module):
 
     def no_weight_decay(self) -> set[str]:
         return {"cls_token", "pos_embed"}
+
+    def set_drop_path(self, rate: float) -> None:
+        """Stochastic depth rising linearly from 0 at the first block to `rate` at the last (timm, MAE)."""
+        for i, block in enumerate(self.blocks):
+            block.drop_path.p = rate * i / max(len(self.blocks) - 1, 1)
 
     def layer_id(self, name: str) -> int:
         """Depth of a parameter for layer-wise LR decay: embeddings 0, block i -> i + 1, final norm depth + 1."""
