@@ -1,20 +1,28 @@
-"""The full-MNIST and Tiny-ImageNet configs run a few steps on tiny stand-in datasets."""
+"""The full-MNIST and Tiny-ImageNet configs run a few steps on tiny stand-in datasets.
+
+In this process: what is under test is the configs; the entry points under `accelerate launch` are
+tested elsewhere (test_pretrain_runs.py, test_finetune.py), and a launch costs ~10 s of start-up."""
 from pathlib import Path
 
 import pytest
 
+from vitssl.config import PretrainConfig, load_config
+from vitssl.config.finetune import FinetuneConfig
+from vitssl.engine.finetune import run_finetune
+from vitssl.engine.pretrain import run_pretrain
+
 from fixtures import make_mnist_shards, tiny_imagenet_files, write_idx_dir, write_tiny_zip
-from launching import client, last_lines, launch
+from launching import ROOT, client
 
 pytestmark = pytest.mark.slow
 FEW_STEPS = ["run.max_steps=2", "run.log_every=1"]
 
 
 def run_few_steps(config: str, shards: Path, tmp_path: Path, *extra: str) -> None:
-    out = launch("pretrain.py", config, [f"data.shards={shards}", f"run.output_dir={tmp_path}/run",
-                                         f"run.tracking_uri=sqlite:///{tmp_path}/mlflow.db", *FEW_STEPS, *extra],
-                 tmp_path)
-    run = client(tmp_path).get_run(last_lines(out)["mlflow run id"])
+    cfg = load_config(PretrainConfig, ROOT / config, [f"data.shards={shards}", f"run.output_dir={tmp_path}/run",
+                                                      f"run.tracking_uri=sqlite:///{tmp_path}/mlflow.db",
+                                                      *FEW_STEPS, *extra])
+    run = client(tmp_path).get_run(run_pretrain(cfg).state.mlflow_run_id)
     assert run.info.status == "FINISHED"
     assert run.data.metrics["loss"] > 0
 
@@ -51,11 +59,10 @@ def test_tiny_imagenet_configs(config, fake_tiny_imagenet, tmp_path):
 
 @pytest.mark.parametrize("mode", ["finetune", "linear"])
 def test_tiny_imagenet_evaluation_configs(mode, fake_tiny_imagenet, tmp_path):
-    config = f"configs/tiny_imagenet/{mode}.yaml"
-    out = launch("finetune.py", config, [f"data.shards={fake_tiny_imagenet}", "data.batch_size=4", "data.num_workers=0",
-                                         "model.depth=2", "finetune.num_classes=3", "run.epochs=1",
-                                         f"run.output_dir={tmp_path}/ft", f"run.tracking_uri=sqlite:///{tmp_path}/mlflow.db"],
-                 tmp_path)
-    run = client(tmp_path).get_run(last_lines(out)["mlflow run id"])
+    cfg = load_config(FinetuneConfig, ROOT / f"configs/tiny_imagenet/{mode}.yaml",
+                      [f"data.shards={fake_tiny_imagenet}", "data.batch_size=4", "data.num_workers=0", "model.depth=2",
+                       "finetune.num_classes=3", "run.epochs=1", f"run.output_dir={tmp_path}/ft",
+                       f"run.tracking_uri=sqlite:///{tmp_path}/mlflow.db"])
+    run = client(tmp_path).get_run(run_finetune(cfg).run_id)
     assert run.info.status == "FINISHED"
     assert 0 <= run.data.metrics["test_accuracy"] <= 1
