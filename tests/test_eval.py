@@ -8,11 +8,12 @@ import pytest
 import torch
 from accelerate import Accelerator
 
+from vitssl.config.load import ConfigError
 from vitssl.data import load_split_tensors
-from vitssl.engine.finetune import layer_decay_scales
+from vitssl.engine.finetune import layer_decay_scales, set_drop_path
 from vitssl.eval import classification_report, knn_predict, split_features, standardise, train_linear_probe
 from vitssl.eval.plots import confusion_figure, embedding_figure, project
-from vitssl.models import ViT, ViTArgs
+from vitssl.models import CNN, CNNArgs, ViT, ViTArgs
 from vitssl.tracking.plots import close
 
 # Three classes on three directions; cosine similarity ignores the lengths.
@@ -107,6 +108,18 @@ def test_layer_decay_scales_follow_depth():
     assert s["encoder.blocks.0.attn.qkv.weight"] == 0.5 ** 2 and s["encoder.blocks.1.mlp.fc2.bias"] == 0.5
     assert s["encoder.norm.weight"] == 1.0  # the top keeps the full LR
     assert set(s) == {f"encoder.{n}" for n, _ in enc.named_parameters()}
+
+
+def test_layer_decay_and_drop_path_on_an_encoder_without_them_are_clear_errors():
+    """The config catches these for scratch; a pretrained encoder's architecture is known only here."""
+    with pytest.raises(ConfigError, match="finetune.layer_decay needs an encoder with layer ids; CNN has none"):
+        layer_decay_scales(CNN(CNNArgs()), 0.75)
+    with pytest.raises(ConfigError, match="finetune.drop_path needs an encoder with residual blocks to drop; "
+                                          "CNN has none"):
+        set_drop_path(CNN(CNNArgs()), 0.1)
+    enc = tiny_encoder()
+    set_drop_path(enc, 0.2)
+    assert [b.drop_path.p for b in enc.blocks] == [0.0, 0.2]
 
 
 def test_figures_render():

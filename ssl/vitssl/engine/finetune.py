@@ -51,6 +51,15 @@ def layer_decay_scales(encoder: torch.nn.Module, decay: float, prefix: str = "en
     return {f"{prefix}{name}": decay ** (top - i) for name, i in ids.items()}
 
 
+def set_drop_path(encoder: torch.nn.Module, rate: float) -> None:
+    """Stochastic depth for the fine-tune; a clear error for an encoder (a pretrained one included)
+    without residual blocks to drop."""
+    if DROP_PATH not in capabilities_of(encoder):
+        raise ConfigError(f"finetune.drop_path needs an encoder with residual blocks to drop; "
+                          f"{type(encoder).__name__} has none (use 0)")
+    encoder.set_drop_path(rate)
+
+
 def run_finetune(cfg: FinetuneConfig) -> FinetuneResult:
     ft = cfg.finetune
     pretrained = resolve_pretrained(ft.pretrained, cfg.run.tracking_uri)
@@ -92,10 +101,7 @@ def _finetune(run: RunSession, cfg: FinetuneConfig, encoder, pretrained: Pretrai
         model = Classify(encoder, ClassifyOptions(**head))
     lr_scale = layer_decay_scales(encoder, ft.layer_decay) if ft.layer_decay else None
     if ft.drop_path:
-        if DROP_PATH not in capabilities_of(encoder):
-            raise ConfigError(f"finetune.drop_path needs an encoder with residual blocks to drop; "
-                              f"{type(encoder).__name__} has none (use 0)")
-        encoder.set_drop_path(ft.drop_path)
+        set_drop_path(encoder, ft.drop_path)
     if ft.head_init == "probe" and teacher is None:
         _start_from_probe(run, cfg, model)
 
