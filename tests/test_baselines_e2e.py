@@ -18,7 +18,7 @@ from vitssl.config.finetune import FinetuneConfig
 from vitssl.engine import finetune as engine
 from vitssl.engine.finetune import run_finetune
 from vitssl.eval.compare import compare
-from vitssl.models import CNN, ViT, ViTArgs, encoder_export
+from vitssl.models import CNN, ViT, ViTOptions, encoder_export
 
 from launching import ROOT, client, env, last_lines, launch, metric
 
@@ -36,7 +36,7 @@ def teacher(tmp_path_factory) -> Path:
     """A classifier checkpoint as fine-tuning writes it: encoder export + head + config."""
     folder = tmp_path_factory.mktemp("teacher")
     torch.manual_seed(0)
-    encoder = ViT(ViTArgs(depth=1, embed_dim=32, num_heads=2))
+    encoder = ViT(ViTOptions(depth=1, embed_dim=32, num_heads=2))
     export = encoder_export(encoder) | {"head": nn.Linear(32, 3).state_dict(), "objective": "classify",
                                         "config": {"finetune": {"pool": "cls"}}}
     torch.save(export, folder / "encoder.pt")

@@ -28,7 +28,7 @@ from vitssl.engine.checkpoint import Checkpointer, load_checkpoint
 from vitssl.engine.lifetime import stop_watching_parent
 from vitssl.engine.plan import TrainingPlan, set_lr
 from vitssl.tracking import MlflowRun
-from vitssl.tracking.plots import close, curve_figure
+from vitssl.tracking.plots import close, curve_figure, draw
 
 
 class NonFiniteLossError(RuntimeError):
@@ -314,10 +314,11 @@ class Trainer:
         with gathered_parameters(acc, model), acc.autocast():
             figures = model.figures(batch)
         model.train(was_training)
-        for name, fig in figures.items():
+        for name, rows in figures.items():
             if acc.is_main_process:
+                fig = draw(rows)
                 self.tracker.log_figure(fig, f"figures/epoch_{epoch:03d}_{name}")
-            close(fig)
+                close(fig)
 
     def log_curves(self) -> None:
         if not self.accelerator.is_main_process:

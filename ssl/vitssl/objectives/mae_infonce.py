@@ -75,7 +75,7 @@ class MAEInfoNCE(Objective):
                               "or leave augment off")
 
     def sample_transform(self):
-        return _Both(TwoViews(self.options.views, self.encoder.args.img_size), self.mae.sample_transform())
+        return _Both(TwoViews(self.options.views, self.encoder.image_size), self.mae.sample_transform())
 
     def forward(self, batch: Batch) -> tuple[torch.Tensor, Metrics]:
         o = self.options

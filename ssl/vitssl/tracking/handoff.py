@@ -137,8 +137,8 @@ def _read_export(downloaded: Path, spec: str, uri: str) -> dict:
                            f"pretraining run logs it as runs:/<run_id>/{MODEL_NAME})")
     try:
         export = torch.load(path, map_location="cpu", weights_only=True)
-        if not {"args", "state_dict"} <= set(export):
-            raise KeyError("args/state_dict")
+        if "state_dict" not in export or not {"model", "args"} & set(export):
+            raise KeyError("model/state_dict")
     except Exception as e:  # unpickling or a missing key: either way not an export
         raise HandoffError(f"finetune.pretrained={spec!r}: the {EXPORT_FILE} in {uri} is not a vitssl encoder export "
                            f"({type(e).__name__}: {_first_line(e)})") from None
