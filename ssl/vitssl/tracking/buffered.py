@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from vitssl.tracking.mlflow_run import MlflowRun, log_figure_as_png, resolve_tracking_uri
-from vitssl.tracking.spool import REJECTED_FILE, Spool, apply_call, log_metric_steps
+from vitssl.tracking.spool import REJECTED_FILE, Spool, apply_call
 
 # MLflow's client otherwise retries an unreachable server for minutes (7 retries, 120 s timeout).
 BOUNDED_CLIENT = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
@@ -208,7 +208,7 @@ class BufferedRun:
         try:
             self.inner.run_id = run_id or self.run_id
             if method == "log_metrics":
-                log_metric_steps(self.inner, [(kw["metrics"], kw["step"]) for _, _, kw in group])
+                self.inner.log_metric_steps([(kw["metrics"], kw["step"]) for _, _, kw in group])
             else:
                 apply_call(self.inner, method, kwargs)
             if method == "log_artifact":
@@ -230,7 +230,7 @@ class BufferedRun:
     def _server_back(self) -> bool:
         """Reachable again? If so, the spool is replayed first (order kept)."""
         try:
-            self.inner._client.search_experiments(max_results=1)
+            self.inner.check_reachable()
             if self.spool:
                 created = self.spool.replay(self.inner)
                 self.run_id = self.run_id or created
