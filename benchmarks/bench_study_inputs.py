@@ -25,7 +25,7 @@ from torchvision.transforms.v2 import functional as TF
 from vitssl.data import make_train_loader
 from vitssl.data.augment import RandomAffine
 from vitssl.data.clips import MovingClip, moving_clip
-from vitssl.engine.builders import param_groups
+from vitssl.engine.optimizer import param_groups
 from vitssl.models import ViT
 
 from common import interleaved, write_section

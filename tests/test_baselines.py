@@ -1,4 +1,4 @@
-"""The seed-001/003 systems piece by piece: CNN and Swin encoders through the registry, RandAugment,
+"""The baseline systems (CNN objectives, Swin distillation) piece by piece: CNN and Swin encoders through the registry, RandAugment,
 Mixup, the distillation loss against its formula, the frozen teacher, rotation labels, config checks."""
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from torchvision.transforms.v2 import functional as TF
 
 from vitssl.config import ConfigError, PretrainConfig, load_config
 from vitssl.data.augment import RandAugmentDigits, affine_copies, chain
-from vitssl.engine.builders import param_groups
+from vitssl.engine.optimizer import param_groups
 from vitssl.models import (
     CNN,
     CNNOptions,

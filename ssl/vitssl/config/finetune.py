@@ -10,8 +10,8 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
+from vitssl.config.augment import AffineOptions
 from vitssl.config.schema import DataConfig, ModelConfig, OptimConfig, RunConfig, Section, check_model_fits
-from vitssl.data.augment import AffineOptions
 from vitssl.models import DROP_PATH, LAYER_IDS, ViTOptions, encoder_spec
 
 

@@ -23,10 +23,12 @@ from accelerate import Accelerator
 from accelerate.utils import DistributedType
 from tqdm.auto import tqdm
 
-from vitssl.engine.builders import cast_float_buffers, gathered_parameters, model_dtype, to_model_input
+from vitssl.engine.batches import to_model_input
 from vitssl.engine.checkpoint import Checkpointer, load_checkpoint
 from vitssl.engine.lifetime import stop_watching_parent
 from vitssl.engine.plan import TrainingPlan, set_lr
+from vitssl.engine.precision import cast_float_buffers, model_dtype
+from vitssl.engine.zero_gather import gathered_parameters
 from vitssl.tracking import MlflowRun
 from vitssl.tracking.plots import close, curve_figure, draw
 

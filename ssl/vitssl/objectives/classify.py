@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from vitssl.config.finetune import HeadOptions
-from vitssl.data.augment import RandAugmentDigits, chain
+from vitssl.data.augment import RandAugmentDigits, affine_transform, chain
 from vitssl.models import Encoder
 from vitssl.objectives.base import Batch, Metrics, Objective, ObjectiveOptions, register
 from vitssl.objectives.mixup import mixup
@@ -41,7 +41,7 @@ class Classify(Objective):
     def sample_transform(self):
         o = self.options
         return chain(RandAugmentDigits(o.randaugment_ops, o.randaugment_magnitude) if o.randaugment else None,
-                     o.affine())
+                     affine_transform(o))
 
     def embed(self, images: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) -> pooled embedding (B, D)."""

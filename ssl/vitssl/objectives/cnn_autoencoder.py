@@ -1,4 +1,4 @@
-"""Autoencoder baseline (seed 003): encode to the pooled embedding, decode the whole image, MSE.
+"""Autoencoder baseline (CNN): encode to the pooled embedding, decode the whole image, MSE.
 
 The bottleneck is the embedding that evaluation probes, so reconstruction must go through it.
 """

@@ -1,4 +1,4 @@
-"""Label-free knowledge distillation (Hinton et al. 2015; seed 001's Swin student).
+"""Label-free knowledge distillation (Hinton et al. 2015), e.g. into a small Swin student.
 
 The student (any registered encoder + linear head, i.e. a Classify model) learns only from a frozen
 teacher's logits: loss = T^2 * KL(softmax(teacher / T) || softmax(student / T)), batch mean.

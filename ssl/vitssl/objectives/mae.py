@@ -12,7 +12,8 @@ from typing import Literal
 import torch
 from pydantic import ConfigDict, Field
 
-from vitssl.data.augment import AffineOptions, chain
+from vitssl.config.augment import AffineOptions
+from vitssl.data.augment import affine_transform, chain
 from vitssl.models import MASKED_TOKENS, MAEDecoder, ViT
 from vitssl.models.masking import mask_from_noise, patchify, unpatchify
 from vitssl.objectives.base import Batch, ImageRows, Metrics, Objective, ObjectiveOptions, register
@@ -98,7 +99,7 @@ class MAE(Objective):
             raise ConfigError("invalid config: objective mae is for images (model.frames 1); use video_mae for clips")
 
     def sample_transform(self):
-        return chain(self.options.affine(), MaskNoise(self.encoder.num_patches))
+        return chain(affine_transform(self.options), MaskNoise(self.encoder.num_patches))
 
     def _mask(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         noise = batch.get("mask_noise")

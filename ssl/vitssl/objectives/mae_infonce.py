@@ -1,4 +1,4 @@
-"""MAE and InfoNCE in one step on one encoder (the seeds' 0.8 MAE + 0.2 InfoNCE).
+"""MAE and InfoNCE in one step on one encoder (by default 0.8 MAE + 0.2 InfoNCE).
 
 loss = mae_weight * loss_mae + infonce_weight * loss_infonce.
 

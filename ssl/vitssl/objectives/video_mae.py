@@ -17,7 +17,7 @@ from typing import Literal
 import torch
 from pydantic import Field
 
-from vitssl.data.augment import chain
+from vitssl.data.augment import affine_transform, chain
 from vitssl.data.clips import MovingClip
 from vitssl.models import CLIPS, MASKED_TOKENS, ViT
 from vitssl.models.masking import mask_from_noise, num_visible, patchify, tube_noise, unpatchify_clip
@@ -86,7 +86,7 @@ class VideoMAE(Objective):
 
     def sample_transform(self):
         clip = MovingClip(self.encoder.frames, self.options.clip, self.options.max_speed, self.options.max_spin)
-        return chain(self.options.affine(), ClipAndNoise(clip, self.slots, self.spatial, self.options.masking))
+        return chain(affine_transform(self.options), ClipAndNoise(clip, self.slots, self.spatial, self.options.masking))
 
     def mask(self, noise: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(B, N) noise -> ids_keep, mask (1 = masked), ids_restore.

@@ -18,6 +18,8 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from vitssl.messages import first_line
+
 SPOOL_DIR = "mlflow-spool"
 OPS_FILE = "ops.jsonl"
 REJECTED_FILE = "rejected.jsonl"
@@ -144,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         run_id = spool.replay(run)
     except Exception as e:  # noqa: BLE001 - one line for the user, the spool stays for another try
-        print(f"error: replay into {run.tracking_uri} stopped: {str(e).splitlines()[0][:300]} "
+        print(f"error: replay into {run.tracking_uri} stopped: {first_line(e, 300)} "
               f"(the spool is kept: run this again when the server is reachable)", file=sys.stderr)
         return 1
     print(f"replayed {n} call(s) into run {run_id} at {run.tracking_uri}")
