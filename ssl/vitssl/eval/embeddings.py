@@ -8,7 +8,7 @@ from accelerate import Accelerator
 from accelerate.utils import gather_object
 
 from vitssl.data import make_eval_loader
-from vitssl.models import EncoderBase
+from vitssl.models import Encoder
 
 
 @torch.no_grad()
@@ -33,7 +33,7 @@ def stream_split(accelerator: Accelerator, shards: str, split: str, batch_size: 
     return {k: v[order] for k, v in merged.items()}
 
 
-def split_features(accelerator: Accelerator, encoder: EncoderBase, shards: str, split: str, batch_size: int,
+def split_features(accelerator: Accelerator, encoder: Encoder, shards: str, split: str, batch_size: int,
                    pool: str = "cls", check_sha: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """Pooled embeddings (N, D) and labels (N,) of a split; the encoder's train/eval mode is restored."""
     was_training = encoder.training

@@ -9,7 +9,6 @@ from vitssl.models.encoder import (
     LAYER_IDS,
     MASKED_TOKENS,
     Encoder,
-    EncoderBase,
     EncoderOptions,
 )
 from vitssl.models.registry import (
@@ -30,7 +29,7 @@ from vitssl.models.swin import Swin, SwinOptions
 from vitssl.models.vit import ViT, ViTOptions
 
 __all__ = ["CLIPS", "CLS_TOKEN", "DROP_PATH", "FEATURE_MAP", "LAYER_IDS", "MASKED_TOKENS", "CNN", "ENCODERS",
-           "CNNOptions", "Encoder", "EncoderBase", "EncoderOptions", "MAEDecoder", "Swin", "SwinOptions", "ViT",
+           "CNNOptions", "Encoder", "EncoderOptions", "MAEDecoder", "Swin", "SwinOptions", "ViT",
            "ViTOptions", "arch_of", "build_encoder", "capabilities_of", "encoder_export", "encoder_from_config",
            "encoder_from_export", "encoder_options", "encoder_spec", "export_options", "make_encoder",
            "register_encoder"]

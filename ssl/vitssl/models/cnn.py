@@ -16,7 +16,7 @@ import torch
 from pydantic import Field, model_validator
 from torch import nn
 
-from vitssl.models.encoder import FEATURE_MAP, EncoderBase, EncoderOptions
+from vitssl.models.encoder import FEATURE_MAP, Encoder, EncoderOptions
 from vitssl.models.registry import register_encoder
 
 
@@ -42,7 +42,7 @@ def conv_stage(c_in: int, c_out: int, stride: int, groups: int) -> nn.Sequential
 
 
 @register_encoder(CNNOptions, {FEATURE_MAP})
-class CNN(EncoderBase):
+class CNN(Encoder):
     def __init__(self, options: CNNOptions | None = None, image_size: int = 28, channels: int = 1):
         o = options or CNNOptions()
         super().__init__(o, image_size, channels)

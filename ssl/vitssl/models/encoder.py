@@ -4,7 +4,7 @@ Objectives and evaluation use only this surface, so any registered encoder can b
 objectives whose needs it meets and handed to fine-tuning, linear probing and kNN.
 
 An architecture declares two classes in its own file: an `EncoderOptions` subclass (its `model:`
-section: every option once, with the rules on it) and an `EncoderBase` subclass built from those
+section: every option once, with the rules on it) and an `Encoder` subclass built from those
 options plus the data's image size and channels. The options are also what a checkpoint stores.
 """
 from __future__ import annotations
@@ -35,7 +35,7 @@ class EncoderOptions(BaseModel):
         """The rules that need the data section (ValueError naming data.* and model.* keys)."""
 
 
-class EncoderBase(nn.Module):
+class Encoder(nn.Module):
     """An image (or clip) encoder: tokens out, one pooled embedding per image.
 
     forward_features(x) -> (B, num_prefix + N, D) tokens; pool(features) -> (B, D), the encoder's own
@@ -94,5 +94,3 @@ class EncoderBase(nn.Module):
         """x -> pooled embedding (B, embed_dim)."""
         return self.pool(self.forward_features(x))
 
-
-Encoder = EncoderBase  # the name objectives and evaluation type against

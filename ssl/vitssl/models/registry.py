@@ -10,14 +10,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from vitssl.models.encoder import EncoderBase, EncoderOptions
+from vitssl.models.encoder import Encoder, EncoderOptions
 
 DEFAULT_ARCH = "vit"
 
 
 @dataclass(frozen=True)
 class EncoderSpec:
-    cls: type[EncoderBase]
+    cls: type[Encoder]
     options: type[EncoderOptions]
     capabilities: frozenset[str]
 
@@ -26,8 +26,8 @@ ENCODERS: dict[str, EncoderSpec] = {}
 
 
 def register_encoder(options: type[EncoderOptions], capabilities: set[str] | frozenset[str] = frozenset()):
-    """Class decorator on an EncoderBase subclass built as `cls(options, image_size, channels)`."""
-    def wrap(cls: type[EncoderBase]) -> type[EncoderBase]:
+    """Class decorator on an Encoder subclass built as `cls(options, image_size, channels)`."""
+    def wrap(cls: type[Encoder]) -> type[Encoder]:
         ENCODERS[options.model_fields["arch"].default] = EncoderSpec(cls, options, frozenset(capabilities))
         return cls
     return wrap
@@ -39,11 +39,11 @@ def encoder_spec(arch: str) -> EncoderSpec:
     return ENCODERS[arch]
 
 
-def arch_of(encoder: EncoderBase) -> str:
+def arch_of(encoder: Encoder) -> str:
     return encoder.options.arch
 
 
-def capabilities_of(encoder: EncoderBase) -> frozenset[str]:
+def capabilities_of(encoder: Encoder) -> frozenset[str]:
     return encoder_spec(arch_of(encoder)).capabilities
 
 
@@ -64,22 +64,22 @@ def encoder_options(section: Any) -> EncoderOptions:
     return spec.options.model_validate(section)
 
 
-def build_encoder(options: EncoderOptions, image_size: int, channels: int) -> EncoderBase:
+def build_encoder(options: EncoderOptions, image_size: int, channels: int) -> Encoder:
     """A freshly initialised encoder for images of `channels` x `image_size` x `image_size`."""
     return encoder_spec(options.arch).cls(options, image_size, channels)
 
 
-def make_encoder(arch: str = DEFAULT_ARCH, image_size: int = 28, channels: int = 1, **options: Any) -> EncoderBase:
+def make_encoder(arch: str = DEFAULT_ARCH, image_size: int = 28, channels: int = 1, **options: Any) -> Encoder:
     """build_encoder from keyword options: make_encoder("vit", depth=2)."""
     return build_encoder(encoder_options({"arch": arch, **options}), image_size, channels)
 
 
-def encoder_from_config(model: EncoderOptions, data: Any) -> EncoderBase:
+def encoder_from_config(model: EncoderOptions, data: Any) -> Encoder:
     """The encoder a config's `model:` and `data:` sections describe, freshly initialised."""
     return build_encoder(model, data.image_size, data.channels)
 
 
-def encoder_export(encoder: EncoderBase) -> dict:
+def encoder_export(encoder: Encoder) -> dict:
     """Plain data that rebuilds `encoder` exactly: its options, input size, CPU state dict."""
     return {"arch": arch_of(encoder), "model": encoder.options.model_dump(mode="json"),
             "image_size": encoder.image_size, "channels": encoder.channels,
@@ -102,6 +102,6 @@ def export_options(export: dict) -> tuple[EncoderOptions, int, int]:
     return encoder_options({"arch": export.get("arch", DEFAULT_ARCH), **options}), int(size), int(channels)
 
 
-def encoder_from_export(export: dict) -> EncoderBase:
+def encoder_from_export(export: dict) -> Encoder:
     """The encoder an export describes, with fresh weights (load them with load_state_dict)."""
     return build_encoder(*export_options(export))

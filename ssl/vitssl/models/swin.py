@@ -17,7 +17,7 @@ from pydantic import Field
 from torch import nn
 from torchvision.models.swin_transformer import PatchMerging, SwinTransformerBlock
 
-from vitssl.models.encoder import EncoderBase
+from vitssl.models.encoder import Encoder
 from vitssl.models.layers import TransformerOptions, init_weights
 from vitssl.models.registry import register_encoder
 
@@ -41,7 +41,7 @@ class SwinOptions(TransformerOptions):
 
 
 @register_encoder(SwinOptions)
-class Swin(EncoderBase):
+class Swin(Encoder):
     def __init__(self, options: SwinOptions | None = None, image_size: int = 28, channels: int = 1):
         o = options or SwinOptions()
         super().__init__(o, image_size, channels)

@@ -7,7 +7,7 @@ import torch
 from pydantic import Field, model_validator
 from torch import nn
 
-from vitssl.models.encoder import CLIPS, CLS_TOKEN, DROP_PATH, LAYER_IDS, MASKED_TOKENS, EncoderBase
+from vitssl.models.encoder import CLIPS, CLS_TOKEN, DROP_PATH, LAYER_IDS, MASKED_TOKENS, Encoder
 from vitssl.models.layers import (
     Block,
     PatchEmbed,
@@ -39,7 +39,7 @@ class ViTOptions(TransformerOptions):
 
 
 @register_encoder(ViTOptions, {MASKED_TOKENS, CLS_TOKEN, CLIPS, LAYER_IDS, DROP_PATH})
-class ViT(EncoderBase):
+class ViT(Encoder):
     """Pre-norm ViT encoder.
 
     forward_features(x) -> (B, [1+]N, D) normed tokens (CLS first when enabled).

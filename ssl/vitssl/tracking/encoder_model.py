@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from vitssl.models import EncoderBase, arch_of, encoder_from_export
+from vitssl.models import Encoder, arch_of, encoder_from_export
 
 MODEL_NAME = "encoder"  # runs:/<run_id>/encoder resolves to it
 EXPORT_FILE = "encoder.pt"
@@ -37,7 +37,7 @@ def fp32_export(export: dict) -> dict:
     return export | {"state_dict": state}
 
 
-def example_input(encoder: EncoderBase, batch: int = 2) -> torch.Tensor:
+def example_input(encoder: Encoder, batch: int = 2) -> torch.Tensor:
     """Zeros of the shape the encoder takes: (B, C, H, W), or (B, C, T, H, W) for clip encoders."""
     return torch.zeros(batch, *encoder.input_shape)
 
