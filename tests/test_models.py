@@ -88,10 +88,10 @@ def test_drop_path_rises_over_the_blocks_drops_per_sample_in_training_only():
 
 
 def test_drop_path_on_an_encoder_without_blocks_is_a_clear_error():
-    from vitssl.config import build_config
+    from vitssl.config import load_config
     from vitssl.config.finetune import FinetuneConfig
     from vitssl.config.load import ConfigError
 
     with pytest.raises(ConfigError, match="finetune.drop_path needs an encoder with residual blocks to drop; "
-                                        "model.arch cnn has none"):
-        build_config(FinetuneConfig, {"model": {"arch": "cnn"}, "finetune": {"drop_path": 0.1}})
+                                        "model.arch cnn has none"):  # model={...}: a new model section
+        load_config(FinetuneConfig, ROOT / "configs/mnist012/finetune.yaml", ["model={arch: cnn}", "finetune.drop_path=0.1"])
