@@ -5,7 +5,7 @@ import torch
 
 from vitssl.config import PretrainConfig
 from vitssl.data import make_eval_loader
-from vitssl.engine.builders import build_accelerator
+from vitssl.engine.accelerator import build_accelerator
 from vitssl.engine.checkpoint import ENCODER_FILE
 from vitssl.engine.run import RunSession
 from vitssl.engine.trainer import FitResult

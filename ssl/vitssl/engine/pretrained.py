@@ -19,7 +19,7 @@ import torch
 from vitssl.config import ConfigError
 from vitssl.config.finetune import FinetuneConfig
 from vitssl.engine.checkpoint import ENCODER_FILE, TRAINER_STATE, latest_checkpoint
-from vitssl.models import encoder_from_config, encoder_from_export
+from vitssl.models import arch_of, encoder_from_config, encoder_from_export
 from vitssl.objectives.distill import FrozenClassifier
 from vitssl.tracking import resolve_tracking_uri
 from vitssl.tracking.handoff import Handoff, HandoffError, fetch_encoder, is_mlflow_reference
@@ -158,14 +158,14 @@ def build_encoder(cfg: FinetuneConfig, pretrained: Pretrained) -> torch.nn.Modul
     if pretrained.scratch:
         return encoder_from_config(cfg.model, cfg.data)
     encoder, export = pretrained_encoder(pretrained)
-    arch = export.get("arch", "vit")
+    arch = arch_of(encoder)
     if "arch" in cfg.model.model_fields_set and cfg.model.arch != arch:
         raise PretrainedError(f"finetune.pretrained={cfg.finetune.pretrained!r}: {pretrained.source} holds a {arch} "
                               f"encoder, the config asks for model.arch {cfg.model.arch} (drop model.arch: a "
                               f"pretrained encoder is rebuilt from its own arguments)")
-    a, d = encoder.args, cfg.data
-    if (a.img_size, a.in_chans) != (d.image_size, d.channels):
-        raise PretrainedError(f"the encoder in {pretrained.source} takes {a.in_chans}x{a.img_size}x{a.img_size} "
+    e, d = encoder, cfg.data
+    if (e.image_size, e.channels) != (d.image_size, d.channels):
+        raise PretrainedError(f"the encoder in {pretrained.source} takes {e.channels}x{e.image_size}x{e.image_size} "
                               f"images, data gives {d.channels}x{d.image_size}x{d.image_size} "
                               f"(data.image_size / data.channels)")
     return encoder

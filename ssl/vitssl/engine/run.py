@@ -19,7 +19,7 @@ from accelerate import Accelerator
 from accelerate.utils import DistributedType, set_seed
 
 from vitssl.config import ConfigError, flatten, to_yaml
-from vitssl.engine.builders import build_accelerator, build_optimizer
+from vitssl.engine.accelerator import build_accelerator
 from vitssl.engine.checkpoint import (
     CONFIG_FILE,
     TRAINER_STATE,
@@ -28,6 +28,7 @@ from vitssl.engine.checkpoint import (
     remove_partial,
 )
 from vitssl.engine.lock import lock_run_folder
+from vitssl.engine.optimizer import build_optimizer
 from vitssl.engine.plan import TrainingPlan, make_training_plan
 from vitssl.engine.trainer import FitResult, Trainer, TrainerOptions
 from vitssl.tracking.buffered import BufferedRun
