@@ -258,7 +258,8 @@ def _split_images(info: dict) -> str:
 
 
 def summary(manifest: dict, out: Path) -> str:
-    head = f"{manifest['dataset']} shards in {out}: {len(manifest.get('classes', []))} classes"
+    classes = manifest.get("classes")
+    head = f"{manifest['dataset']} shards in {out}: {f'{len(classes)} classes' if classes else 'no classes'}"
     image = manifest.get("image")
     if image:
         head += f", image {image['height']}x{image['width']}x{image['channels']} {image['format']}"
