@@ -70,9 +70,11 @@ def split_facts(spec: str, split: str, manifest: dict, need_labels: bool) -> Spl
 
 
 def _fix_data_prep(manifest: dict, option: str) -> str:
-    if manifest.get("dataset") == "images":
-        return f"re-run `{manifest.get('command', 'python -m data_prep images ...')}` with {option}"
-    return f"shard the images with `python -m data_prep images SRC --out DIR {option}`"
+    if manifest.get("dataset") != "images":
+        return f"shard the images with `python -m data_prep images SRC --out DIR {option}`"
+    command = manifest.get("command", "python -m data_prep images ...")
+    replaced = [flag for flag in (option.split()[0], "--max-side") if f" {flag} " in f" {command} "]
+    return f"re-run `{command}` with {option}" + (f" (in place of {replaced[0]})" if replaced else "")
 
 
 def check_split(facts: SplitFacts, where: str, manifest: dict, *, channels: int, image_size: int,
