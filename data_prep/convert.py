@@ -51,7 +51,7 @@ def read_header(path: str) -> Header | str:
     except Image.DecompressionBombError as err:
         return f"too large ({err})"
     except (OSError, ValueError, SyntaxError) as err:
-        return f"unreadable ({err})"
+        return f"corrupt or truncated ({err})"
 
 
 def _flatten_alpha(img: Image.Image) -> Image.Image:
