@@ -11,7 +11,7 @@ from __future__ import annotations
 import io
 import os
 from dataclasses import dataclass
-from multiprocessing import get_context
+from multiprocessing import get_all_start_methods, get_context
 from typing import Callable, Iterable, Iterator
 
 import numpy as np
@@ -152,7 +152,10 @@ class Pool:
 
     def __init__(self, workers: int):
         self.workers = workers
-        self._pool = get_context("forkserver").Pool(workers) if workers > 1 else None
+        # fork: the workers start at once, without re-importing the caller's main module (spawn and
+        # forkserver do, seconds for a script that imports much); they run only Pillow and numpy code
+        method = "fork" if "fork" in get_all_start_methods() else "spawn"
+        self._pool = get_context(method).Pool(workers) if workers > 1 else None
 
     def map(self, fn: Callable, items: Iterable, chunksize: int = 8) -> Iterator:
         if self._pool is None:
