@@ -126,7 +126,8 @@ def read_list(path: Path) -> list[Item]:
     if not rows:
         raise DataPrepError(f"{path}: the list file has no rows (expected path[,label][,split])")
     widths = {len(r) for r in rows}
-    if len(widths) != 1 or widths.pop() > 3:
+    columns = max(widths)
+    if len(widths) != 1 or columns > 3:
         raise DataPrepError(f"{path}: every row must have the same 1 to 3 columns path[,label][,split]")
     items = []
     for number, row in enumerate(rows, 1):
@@ -137,7 +138,7 @@ def read_list(path: Path) -> list[Item]:
             raise DataPrepError(f"{path} row {number}: split {split!r} is not one of train, val, test")
         full = Path(file) if Path(file).is_absolute() else path.parent / file
         items.append(Item(str(full), file, label or None, SPLIT_DIRS[split.lower()] if split else None))
-    if len(row) == 3 and not any(i.split == "train" for i in items):
+    if columns == 3 and not any(i.split == "train" for i in items):
         raise DataPrepError(f"{path}: no row has split train")
     return items
 
@@ -204,8 +205,8 @@ def _stats(values: list[int]) -> dict[str, int]:
 
 
 def skip_counts(skipped: list[tuple[str, str]]) -> str:
-    """'2 not an image Pillow can read, 1 empty file (0 bytes)': reasons without their details."""
-    counts = Counter(reason.split(" (")[0] if not reason.startswith("empty") else reason for _, reason in skipped)
+    """'2 not an image Pillow can read, 1 empty file': reasons without their details."""
+    counts = Counter(reason.split(" (")[0] for _, reason in skipped)
     return ", ".join(f"{n} {reason}" for reason, n in counts.most_common())
 
 
@@ -269,7 +270,8 @@ class ImageJob:
                 label = None if item.class_name is None else index[item.class_name]
                 yield Sample(ext, data, label, item.class_name or "", item.source_id)
             if not done:
-                raise DataPrepError(f"split {name} has no usable image: see the reasons above")
+                raise DataPrepError(f"split {name} has no usable image (e.g. {self.skipped[-1][0]}: "
+                                    f"{self.skipped[-1][1]})")
             self._check_classes(items, done, f" in split {name}")
 
         def extra() -> dict:
