@@ -27,6 +27,7 @@ from vitssl.config.finetune import FinetuneConfig
 from vitssl.data import DataError, decode_sample, load_manifest, make_eval_loader, split_shards
 from vitssl.data.checks import check_run_data
 
+from fixtures import write_idx_dir
 from launching import ROOT, env, launch
 
 PHOTOS = load_sample_images().images  # two real 427x640 photographs
@@ -347,15 +348,16 @@ def test_mismatches_are_one_line_naming_both_values(sized, which, make, message)
     assert "\n" not in str(err.value)
 
 
-def test_old_manifests_are_checked_from_the_first_sample(sized, mnist012, tmp_path):
+def test_old_manifests_are_checked_from_the_first_sample(sized, tmp_path):
     """An `index` manifest (no image fields) and the MNIST label-withheld split (.cls -1)."""
     run(["index", str(sized["labeled"] / "train-000000.tar"), str(sized["labeled"] / "val-000000.tar"),
          "--out", str(tmp_path / "idx")])
     check_run_data(finetune_cfg(tmp_path / "idx"))
     with pytest.raises(DataError, match="holds 32x32 images but data.image_size is 28"):
         check_run_data(finetune_cfg(tmp_path / "idx", "data.image_size=28"))
+    write_idx_dir(tmp_path / "idx_files", train_per_class=4, test_per_class=2)
     unl = tmp_path / "m"
-    run(["mnist", "--out", str(unl), "--unlabeled-rest", "--per-class", "5"])
+    run(["mnist", "--source", f"idx:{tmp_path / 'idx_files'}", "--out", str(unl), "--unlabeled-rest", "--per-class", "2"])
     cfg = load_config(FinetuneConfig, ROOT / "configs/mnist012/finetune.yaml",
                       [f"data.shards={unl}", "data.split=unlabeled", "finetune.mode=linear"])
     with pytest.raises(DataError, match="split 'unlabeled' .* has no labels"):
