@@ -19,7 +19,6 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 GRAY_MODES = {"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"}
 EXIF_ORIENTATION = 0x0112
-Image.MAX_IMAGE_PIXELS = 20_000 ** 2  # a 400-megapixel scan is still a photo; above that, a decompression bomb
 
 
 @dataclass(frozen=True)

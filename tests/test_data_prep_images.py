@@ -391,3 +391,21 @@ def test_pretrain_on_unlabeled_then_linear_probe_on_labeled(sized, tmp_path):
         "point data.shards/data.split at a labeled split (e.g. `python -m data_prep images <folder of class folders> "
         "--out DIR`)"]
     assert not (tmp_path / "ft").exists()
+
+
+def test_shards_made_elsewhere_without_labels_train_label_free_only(tmp_path):
+    """A tar of bare .jpg members (webdataset keys, no .cls), given as a URL list: no manifest at all."""
+    rng = np.random.default_rng(3)
+    with tarfile.open(tmp_path / "train-000000.tar", "w") as tar:
+        for key in ("holiday_a", "holiday_b", "holiday_c"):
+            buf = io.BytesIO()
+            photo(rng, 32, 32).save(buf, format="JPEG")
+            info = tarfile.TarInfo(f"{key}.jpg")
+            info.size = buf.tell()
+            tar.addfile(info, io.BytesIO(buf.getvalue()))
+    spec = str(tmp_path / "train-000000.tar")
+    check_run_data(pretrain_cfg(spec, "run.figure_every=0"))
+    with pytest.raises(DataError, match="split 'train' of .* has no labels"):
+        check_run_data(finetune_cfg(spec, "data.eval_split=train"))
+    with pytest.raises(DataError, match="holds 32x32 images but data.image_size is 64"):
+        check_run_data(pretrain_cfg(spec, "run.figure_every=0", "data.image_size=64"))

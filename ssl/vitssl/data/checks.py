@@ -40,7 +40,7 @@ def _first_sample(spec: str, split: str) -> dict | None:
     for shard in split_shards(spec, split, check_sha=False):
         if shard.count:
             _, raw = next(read_shard(shard, stop=1, verify=False))
-            return decode_sample(raw)
+            return decode_sample(raw | {"__index__": 0})  # keys of shards made elsewhere need not end in -N
     return None
 
 
