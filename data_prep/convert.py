@@ -100,7 +100,7 @@ def _png_bit_depth(data: bytes) -> int:
 def _keeps_original(img: Image.Image, data: bytes, enc: Encoding) -> str | None:
     """The extension to store the original bytes under, or None when they must be re-encoded."""
     orientation = img.getexif().get(EXIF_ORIENTATION, 1)
-    if orientation not in (0, 1) or _target_size(*img.size, enc) != img.size or (enc.size and img.size[0] != img.size[1]):
+    if orientation not in (0, 1) or _target_size(*img.size, enc) != img.size:
         return None
     if img.format == "JPEG" and enc.format in ("keep", "jpg") and enc.channels == 3 and img.mode == "RGB":
         return "jpg"  # the reader decodes JPEG as RGB: a grayscale JPEG must become PNG for 1 channel

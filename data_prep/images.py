@@ -358,6 +358,9 @@ def run(args: argparse.Namespace, command: str) -> str:
         raise DataPrepError("--size N already fixes every image to N x N: drop --max-side")
     if args.val_per_class and args.val_fraction:
         raise DataPrepError("give --val-per-class or --val-fraction, not both")
+    if args.src.is_dir() and args.out.resolve().is_relative_to(args.src.resolve()):
+        raise DataPrepError(f"--out {args.out} lies inside {args.src}: its shards would become input of the next "
+                            f"run; write them elsewhere")
     items, source, classes = plan(args.src, args.unlabeled)
     enc = {"max_side": args.max_side, "size": args.size, "format": args.format, "quality": args.quality}
     options = {"channels": args.channels or "majority", **enc, "val_per_class": args.val_per_class,

@@ -175,6 +175,12 @@ def test_rerun_is_up_to_date_and_changed_options_rewrite(zoo, tmp_path):
     assert manifest["splits"]["train"]["width"]["max"] == 48 and manifest["splits"]["train"]["height"]["max"] <= 48
 
 
+def test_out_inside_the_source_is_refused(zoo):
+    with pytest.raises(DataPrepError, match="lies inside .*write them elsewhere"):
+        run(["images", str(zoo[0]), "--out", str(zoo[0] / "shards")])
+    assert not (zoo[0] / "shards").exists()
+
+
 def test_strict_names_the_first_bad_file(zoo, tmp_path):
     with pytest.raises(DataPrepError, match=r"train/cat/empty\.jpg: empty file.*--strict"):
         run(["images", str(zoo[0]), "--out", str(tmp_path / "s"), "--strict"])
