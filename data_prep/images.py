@@ -325,6 +325,13 @@ def _fraction(text: str) -> float:
     return value
 
 
+def _quality(text: str) -> int:
+    value = int(text)
+    if not 1 <= value <= 100:
+        raise argparse.ArgumentTypeError(f"must lie between 1 and 100, got {value}")
+    return value
+
+
 def add_parser(sub, positive) -> None:
     p = sub.add_parser("images", help="your own images: an ImageFolder tree, a folder of unlabeled images, "
                                       "or a CSV/TSV list file (path[,label][,split])")
@@ -333,22 +340,22 @@ def add_parser(sub, positive) -> None:
     p.add_argument("--out", required=True, type=Path, help="output directory for shards + manifest.json")
     p.add_argument("--unlabeled", action="store_true",
                    help="no labels even when SRC has subfolders (they are then just folders of images)")
-    p.add_argument("--size", type=positive, help="resize the shorter side to N and keep the centre N x N "
+    p.add_argument("--size", type=positive, metavar="N", help="resize the shorter side to N and keep the centre N x N "
                                                  "(what training reads today: every image the same size)")
-    p.add_argument("--max-side", type=positive, help="resize so the longer side is at most N (aspect kept)")
+    p.add_argument("--max-side", type=positive, metavar="N", help="resize so the longer side is at most N (aspect kept)")
     p.add_argument("--format", choices=("keep", "jpg", "png"), default="keep",
                    help="keep: original bytes when possible, else JPEG for JPEG sources and PNG for the rest")
-    p.add_argument("--quality", type=int, default=95, choices=range(1, 101), metavar="1..100",
+    p.add_argument("--quality", type=_quality, default=95, metavar="1..100",
                    help="JPEG quality of re-encoded images (default 95)")
     p.add_argument("--channels", type=int, choices=(1, 3), help="1 (grayscale) or 3 (RGB); default: the "
                                                                  "majority of the images")
-    p.add_argument("--val-per-class", type=positive, help="when SRC has no val split: N images per class")
-    p.add_argument("--val-fraction", type=_fraction, help="when SRC has no val split: this fraction "
+    p.add_argument("--val-per-class", type=positive, metavar="N", help="when SRC has no val split: N images per class")
+    p.add_argument("--val-fraction", type=_fraction, metavar="F", help="when SRC has no val split: this fraction "
                                                           "(of each class)")
     p.add_argument("--seed", type=int, default=0, help="val selection and sample order")
-    p.add_argument("--shard-max-count", type=positive, default=10_000, help="samples per shard at most")
-    p.add_argument("--shard-max-bytes", type=positive, default=256 * 1024**2, help="bytes per shard at most")
-    p.add_argument("--workers", type=positive, default=1, help="processes decoding and encoding (the output "
+    p.add_argument("--shard-max-count", type=positive, metavar="N", default=10_000, help="samples per shard at most")
+    p.add_argument("--shard-max-bytes", type=positive, metavar="N", default=256 * 1024**2, help="bytes per shard at most")
+    p.add_argument("--workers", type=positive, metavar="N", default=1, help="processes decoding and encoding (the output "
                                                               "is the same for any number)")
     p.add_argument("--strict", action="store_true", help="any file that cannot be used is an error")
 
