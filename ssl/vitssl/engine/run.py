@@ -19,6 +19,7 @@ from accelerate import Accelerator
 from accelerate.utils import DistributedType, set_seed
 
 from vitssl.config import ConfigError, flatten, to_yaml
+from vitssl.data.checks import check_run_data
 from vitssl.engine.accelerator import build_accelerator
 from vitssl.engine.checkpoint import (
     CONFIG_FILE,
@@ -86,6 +87,7 @@ class RunSession:
         return self.accelerator.is_main_process
 
     def __enter__(self) -> RunSession:
+        check_run_data(self.cfg)  # labels, channels and image size against the config: one line, before any step
         self.resume = resume_folder(self.cfg, self.out_dir)  # a bad run.resume fails before anything is written
         self.lock = lock_run_folder(self.accelerator, self.out_dir)  # one owner per folder, before any write
         if self.is_main:
