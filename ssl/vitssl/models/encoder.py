@@ -9,8 +9,6 @@ options plus the data's image size and channels. The options are also what a che
 """
 from __future__ import annotations
 
-from typing import ClassVar
-
 import torch
 from pydantic import BaseModel, ConfigDict
 from torch import nn
@@ -44,7 +42,7 @@ class Encoder(nn.Module):
     """
 
     options: EncoderOptions
-    num_prefix: ClassVar[int] = 0  # leading non-patch tokens in forward_features (1 with a CLS token)
+    num_prefix: int = 0  # leading non-patch tokens in forward_features (1 with a CLS token)
 
     def __init__(self, options: EncoderOptions, image_size: int, channels: int):
         super().__init__()

@@ -34,7 +34,7 @@ def register_encoder(options: type[EncoderOptions], capabilities: set[str] | fro
 
 
 def encoder_spec(arch: str) -> EncoderSpec:
-    if arch not in ENCODERS:
+    if not isinstance(arch, str) or arch not in ENCODERS:
         raise ValueError(f"model.arch {arch!r} is not one of {sorted(ENCODERS)}")
     return ENCODERS[arch]
 
@@ -56,12 +56,13 @@ def encoder_options(section: Any) -> EncoderOptions:
         return section
     if not isinstance(section, dict):
         raise ValueError(f"model must be a mapping of options (model.arch, ...), got {section!r}")
-    spec = encoder_spec(section.get("arch", DEFAULT_ARCH))
+    arch = section.get("arch", DEFAULT_ARCH)
+    options = encoder_spec(arch).options
     for key in section:
-        owners = sorted(a for a, s in ENCODERS.items() if key in s.options.model_fields)
-        if key not in spec.options.model_fields and owners:
-            raise ValueError(f"model.{key} applies to model.arch {' and '.join(owners)}, not {spec.options.model_fields['arch'].default}")
-    return spec.options.model_validate(section)
+        owners = sorted(a for a, spec in ENCODERS.items() if key in spec.options.model_fields)
+        if key not in options.model_fields and owners:
+            raise ValueError(f"model.{key} applies to model.arch {' and '.join(owners)}, not {arch}")
+    return options.model_validate(section)
 
 
 def build_encoder(options: EncoderOptions, image_size: int, channels: int) -> Encoder:
