@@ -16,6 +16,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import pytest
+
 DAEMONS = ("munged", "slurmctld", "slurmd")
 CLIENTS = ("sbatch", "squeue", "scontrol", "scancel", "sacct")
 
@@ -47,7 +49,7 @@ SlurmctldHost={host}(127.0.0.1)
 SlurmUser=root
 SlurmdUser=root
 AuthType=auth/munge
-AuthInfo=socket={munge_socket}
+AuthInfo=socket={munge_socket},cred_expire=10
 CredType=cred/munge
 SlurmctldPort={ctld_port}
 SlurmdPort={slurmd_port}
@@ -178,6 +180,26 @@ class SlurmCluster:
                 p.kill()
                 p.wait()
         self.procs.clear()
+
+
+@pytest.fixture(scope="session")
+def slurm(tmp_path_factory):
+    """A started two-node cluster; SLURM_CONF points at it for this session (submitit calls sbatch)."""
+    reason = missing_reason()
+    if reason:
+        pytest.skip(reason)
+    cluster = SlurmCluster(tmp_path_factory.mktemp("slurm")).start()
+    saved = os.environ.get("SLURM_CONF")
+    os.environ["SLURM_CONF"] = str(cluster.conf)
+    try:
+        yield cluster
+    finally:
+        cluster.run("scancel", "--user=root", check=False)  # a failed test's jobs
+        cluster.stop()
+        if saved is None:
+            os.environ.pop("SLURM_CONF", None)
+        else:
+            os.environ["SLURM_CONF"] = saved
 
 
 if __name__ == "__main__":  # a cluster to try commands by hand: python tests/slurm_cluster.py <folder>; Ctrl-C stops it

@@ -91,6 +91,14 @@ class Ended:
     error: str = ""
 
 
+def _last_error_line(text: str) -> str:
+    """'RuntimeError: ...' from submitit's failure text (a traceback between dashed lines, then log paths)."""
+    parts = text.split("-" * 22)
+    trace = parts[1] if len(parts) > 2 else text
+    lines = [ln.strip() for ln in trace.strip().splitlines() if ln.strip()]
+    return lines[-1] if lines else text.strip()
+
+
 def result_of(job: submitit.Job, state: str) -> Ended:
     """The job's outcome; its result or error as submitit stored it, when it stored one."""
     task = job.task(0)
@@ -98,7 +106,7 @@ def result_of(job: submitit.Job, state: str) -> Ended:
         try:
             return Ended(job, state, task.result())
         except Exception as e:  # the job's own error, raised again here with its traceback
-            return Ended(job, "FAILED" if state == "COMPLETED" else state, error=str(e).strip().splitlines()[-1])
+            return Ended(job, "FAILED" if state == "COMPLETED" else state, error=_last_error_line(str(e)))
     return Ended(job, state, error=f"job {job.job_id} ended {state} without a result (see {task.paths.stdout})")
 
 

@@ -83,7 +83,9 @@ class TrainJob:
         if self._proc is not None and self._proc.poll() is None:
             print("[vitssl] preemption or time limit: stopping the trainers for a checkpoint", flush=True)
             self._proc.send_signal(signal.SIGTERM)
-            self._proc.wait()
+            # Not Popen.wait(): this runs in a signal handler that interrupted the Popen.wait() of
+            # __call__, which holds its lock. WNOWAIT leaves the exit status to that wait.
+            os.waitid(os.P_PID, self._proc.pid, os.WEXITED | os.WNOWAIT)
         if self.requeues >= self.max_requeues:
             print(f"[vitssl] not requeued: --max-requeues {self.max_requeues} reached", flush=True)
             return None
