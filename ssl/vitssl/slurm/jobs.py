@@ -69,13 +69,19 @@ def executor(kind: str, folder: str | Path, res: Resources, name: str = "vitssl"
     return ex
 
 
-def slurm_states(job_ids: Iterable[str]) -> dict[str, str]:
-    """job id -> state as the controller knows it; a job it has forgotten is absent."""
+def slurm_states(job_ids: Iterable[str]) -> dict[str, str] | None:
+    """job id -> state as the controller knows it; a job it has forgotten is absent. None when the
+    controller did not answer (a busy or restarting slurmctld): ask again later."""
     ids = sorted(set(job_ids))
     if not ids:
         return {}
-    out = subprocess.run(["squeue", "-h", "--states=all", "-o", "%i|%T", "-j", ",".join(ids)],
-                         capture_output=True, text=True, timeout=60)
+    try:
+        out = subprocess.run(["squeue", "-h", "--states=all", "-o", "%i|%T", "-j", ",".join(ids)],
+                             capture_output=True, text=True, timeout=60)
+    except subprocess.TimeoutExpired:
+        return None
+    if out.returncode != 0 and "Invalid job id" not in out.stderr:
+        return None
     states = {}
     for line in out.stdout.splitlines():
         job_id, _, state = line.strip().partition("|")
@@ -121,6 +127,8 @@ def wait_for(jobs: list[submitit.Job], on_end: Callable[[Ended], None] | None = 
         states = slurm_states(j.job_id for j in slurm)
         for job_id, job in list(pending.items()):
             if isinstance(job, submitit.SlurmJob):
+                if states is None:
+                    continue
                 state = states.get(job_id, "")
                 if not state:  # submitted but not yet listed, or ended and already forgotten
                     forgotten[job_id] = forgotten.get(job_id, 0) + 1
