@@ -94,6 +94,7 @@ class InfoNCEOptions(ContrastiveOptions):
 class InfoNCE(Objective):
     Options = InfoNCEOptions
     requires = frozenset({CLS_TOKEN})
+    study_pretrain_cost = 2.1
 
     def __init__(self, encoder: Encoder, options: InfoNCEOptions):
         super().__init__()

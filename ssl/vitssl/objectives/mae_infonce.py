@@ -49,6 +49,7 @@ class _Both:
 class MAEInfoNCE(Objective):
     Options = MAEInfoNCEOptions
     requires = frozenset({MASKED_TOKENS, CLS_TOKEN})
+    study_pretrain_cost = 2.7
 
     def __init__(self, encoder: ViT, options: MAEInfoNCEOptions):
         super().__init__()

@@ -60,6 +60,8 @@ class ClipAndNoise:
 class VideoMAE(Objective):
     Options = VideoMAEOptions
     requires = frozenset({MASKED_TOKENS, CLIPS})
+    study_pretrain_cost = 2.0
+    study_finetune_cost = 1.8  # a clip encoder sees each image `frames` times
 
     def __init__(self, encoder: ViT, options: VideoMAEOptions):
         super().__init__()

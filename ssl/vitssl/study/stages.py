@@ -15,7 +15,10 @@ EVAL_SPLITS = ("test", "test_large", "val")  # the report's figures are of the f
 
 
 def split_count(shards: str | Path, split: str) -> int:
-    return int(json.loads((Path(shards) / "manifest.json").read_text())["splits"][split]["count"])
+    """Images in a split of any `data.shards` (a folder, a base URL, a URL list), from its manifest."""
+    from vitssl.data.sources import source_manifest
+
+    return int(source_manifest(shards, [split])["splits"][split]["count"])
 
 
 @contextlib.contextmanager
