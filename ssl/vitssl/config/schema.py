@@ -47,6 +47,8 @@ class ModelConfig(Section):
     cnn_channels: list[int] = Field([32, 64, 128], min_length=1, description="cnn: width of each conv stage")
     cnn_groups: int = Field(8, ge=1, description="cnn: GroupNorm groups")
     swin_window: int = Field(7, ge=1, description="swin: attention window (tokens per side)")
+    init: str = Field("none", description="pretraining: start from these weights (what finetune.pretrained "
+                                          "accepts, timm / mae files and cached timm names included); none")
 
     @model_validator(mode="after")
     def _arch(self) -> ModelConfig:

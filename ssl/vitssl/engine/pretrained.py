@@ -3,22 +3,28 @@
 resolve_pretrained:  `finetune.pretrained` -> the encoder: a checkpoint folder or pretrain output dir
                      (its latest checkpoint) read in place; runs:/<id>[/path], models:/<name>/<version|alias>,
                      models:/<model_id> or a bare run id downloaded through MLflow (vitssl.tracking.handoff);
-                     none trains from scratch.
+                     a timm-layout or mae weights file or folder, or a cached timm model name
+                     (vitssl.export.foreign); none trains from scratch.
 load_encoder:        rebuild the encoder (any registered arch) from the saved arguments and load
                      exactly its weights.
 load_teacher:        a fine-tuned classifier, frozen, for label-free distillation.
+resolve_init / load_init: `model.init` for pretraining: the same sources, the config's model section
+                     taken from the weights, the encoder (and mae's decoder) loaded before training.
 """
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import torch
 
-from vitssl.config import ConfigError
+from vitssl.config import ConfigError, ModelConfig
 from vitssl.config.finetune import FinetuneConfig
 from vitssl.engine.checkpoint import ENCODER_FILE, TRAINER_STATE, latest_checkpoint
+from vitssl.export.foreign import WeightsError, read_foreign
+from vitssl.export.resize import fit_to_data
 from vitssl.models import encoder_from_config, encoder_from_export
 from vitssl.objectives.distill import FrozenClassifier
 from vitssl.tracking import resolve_tracking_uri
@@ -37,21 +43,31 @@ class Pretrained:
     objective: str = "none"
     handoff: Handoff | None = None  # the export downloaded through MLflow, and which artifact it was
     export: dict | None = None  # encoder.pt's content, read once (None: from scratch)
+    imported: str | None = None  # a timm / mae file, folder or timm model name the export was converted from
 
     @property
     def scratch(self) -> bool:
-        return self.folder is None and self.handoff is None
+        return self.export is None
 
     @property
     def source(self) -> str:
-        """Where the encoder came from: the MLflow URI it was downloaded from, or the checkpoint folder."""
-        return self.handoff.uri if self.handoff else str(self.folder or "none")
+        """Where the encoder came from: the MLflow URI it was downloaded from, the imported weights, or the
+        checkpoint folder."""
+        return self.handoff.uri if self.handoff else self.imported or str(self.folder or "none")
 
 
-def resolve_pretrained(spec: str, tracking_uri: str | None) -> Pretrained:
-    """Find the checkpoint folder that `finetune.pretrained` names (see FinetuneOptions.pretrained)."""
+def resolve_pretrained(spec: str, tracking_uri: str | None, model: ModelConfig | None = None,
+                       key: str = "finetune.pretrained") -> Pretrained:
+    """Find the encoder that `finetune.pretrained` (or `model.init`: `key`) names (see FinetuneOptions.pretrained).
+    `model`: the config's model section, for what imported weights do not say (a ViT's num_heads)."""
     if spec == "none":
         return Pretrained(None)
+    try:
+        export = read_foreign(spec, model or ModelConfig(), key)
+    except WeightsError as e:
+        raise PretrainedError(str(e)) from None
+    if export is not None:
+        return Pretrained(None, objective=_objective(export), export=export, imported=spec)
     import mlflow
 
     client = mlflow.MlflowClient(tracking_uri=resolve_tracking_uri(tracking_uri))
@@ -60,7 +76,7 @@ def resolve_pretrained(spec: str, tracking_uri: str | None) -> Pretrained:
         folder = path if (path / ENCODER_FILE).is_file() else latest_checkpoint(path)
         if folder is None:
             raise PretrainedError(
-                f"finetune.pretrained={spec!r} is neither a checkpoint folder (with {ENCODER_FILE}) nor a pretrain "
+                f"{key}={spec!r} is neither a checkpoint folder (with {ENCODER_FILE}) nor a pretrain "
                 f"output dir holding complete checkpoint-* folders")
         run_id = None
         if (folder / TRAINER_STATE).is_file():
@@ -74,9 +90,9 @@ def resolve_pretrained(spec: str, tracking_uri: str | None) -> Pretrained:
         export = read_export(folder)
         return Pretrained(folder, run_id, experiment, _objective(export), export=export)
     if not is_mlflow_reference(spec):
-        raise PretrainedError(f"finetune.pretrained={spec!r}: no such folder, and not an MLflow reference "
-                              f"(runs:/<run_id>[/path], models:/<name>/<version|alias>, models:/<model_id>, or "
-                              f"a run id); use none to train from scratch")
+        raise PretrainedError(f"{key}={spec!r}: no such file or folder, not a cached timm model name, and not an "
+                              f"MLflow reference (runs:/<run_id>[/path], models:/<name>/<version|alias>, "
+                              f"models:/<model_id>, or a run id); use none to train from scratch")
     try:
         handoff = fetch_encoder(spec, resolve_tracking_uri(tracking_uri))
     except HandoffError as e:
@@ -90,7 +106,7 @@ def _objective(export) -> str:
 
 
 def load_encoder_weights(encoder: torch.nn.Module, state_dict: dict[str, torch.Tensor], source: str) -> None:
-    """Load every encoder weight, strictly: missing, unexpected or mis-shaped keys are one error listing them."""
+    """Load every encoder weight, strictly: missing, unexpected or mis-shaped keys are one error line listing them."""
     own = encoder.state_dict()
     missing = sorted(set(own) - set(state_dict))
     unexpected = sorted(set(state_dict) - set(own))
@@ -101,7 +117,7 @@ def load_encoder_weights(encoder: torch.nn.Module, state_dict: dict[str, torch.T
                  for name, keys in (("missing", missing), ("unexpected", unexpected), ("shape mismatch", shapes))
                  if keys]
         raise PretrainedError(f"the encoder weights in {source} do not fit the encoder its arguments describe "
-                              f"(another architecture?):\n  " + "\n  ".join(parts))
+                              f"(another architecture?): " + "; ".join(parts))
     encoder.load_state_dict(state_dict, strict=True)
 
 
@@ -132,10 +148,14 @@ def rebuild_encoder(export: dict, source: str) -> torch.nn.Module:
     return encoder
 
 
+def export_source(found: Pretrained) -> str:
+    return found.handoff.uri if found.handoff else found.imported or str(found.folder / ENCODER_FILE)
+
+
 def pretrained_encoder(found: Pretrained) -> tuple[torch.nn.Module, dict]:
-    """The encoder and export `found` names, from its MLflow download or its checkpoint folder."""
-    source = found.handoff.uri if found.handoff else str(found.folder / ENCODER_FILE)
-    return rebuild_encoder(found.export, source), found.export
+    """The encoder and export `found` names, from its MLflow download, its checkpoint folder or the
+    imported weights, at the size it was saved for."""
+    return rebuild_encoder(found.export, export_source(found)), found.export
 
 
 def load_teacher(spec: str, tracking_uri: str | None) -> FrozenClassifier:
@@ -154,18 +174,111 @@ def load_teacher(spec: str, tracking_uri: str | None) -> FrozenClassifier:
     return FrozenClassifier(encoder, head, export.get("config", {}).get("finetune", {}).get("pool", "cls"))
 
 
-def build_encoder(cfg: FinetuneConfig, pretrained: Pretrained) -> torch.nn.Module:
+def build_encoder(cfg: FinetuneConfig, pretrained: Pretrained, say: Callable[[str], None] = print) -> torch.nn.Module:
+    """The encoder to fine-tune: from scratch, or the pretrained one rebuilt for the data's image size
+    (position embeddings recomputed or resampled, `say` tells which) and channels."""
     if pretrained.scratch:
         return encoder_from_config(cfg.model, cfg.data)
-    encoder, export = pretrained_encoder(pretrained)
+    export = pretrained.export
     arch = export.get("arch", "vit")
     if "arch" in cfg.model.model_fields_set and cfg.model.arch != arch:
         raise PretrainedError(f"finetune.pretrained={cfg.finetune.pretrained!r}: {pretrained.source} holds a {arch} "
                               f"encoder, the config asks for model.arch {cfg.model.arch} (drop model.arch: a "
                               f"pretrained encoder is rebuilt from its own arguments)")
-    a, d = encoder.args, cfg.data
-    if (a.img_size, a.in_chans) != (d.image_size, d.channels):
-        raise PretrainedError(f"the encoder in {pretrained.source} takes {a.in_chans}x{a.img_size}x{a.img_size} "
-                              f"images, data gives {d.channels}x{d.image_size}x{d.image_size} "
-                              f"(data.image_size / data.channels)")
-    return encoder
+    fitted = fit_export(export, cfg.data, pretrained.source, say)
+    return rebuild_encoder(fitted, export_source(pretrained))
+
+
+def fit_export(export: dict, data, source: str, say: Callable[[str], None]) -> dict:
+    """`export` for the data's image size and channels; says what the import and the fitting did."""
+    try:
+        fitted, notes = fit_to_data(export, data.image_size, data.channels, source)
+    except ConfigError as e:
+        raise PretrainedError(str(e)) from None
+    for note in export.get("notes", []) + notes:
+        say(f"{source}: {note}")
+    return fitted
+
+
+# ViT / Swin / CNN constructor argument -> the model.* key that sets it
+MODEL_KEYS = {"vit": {"patch_size": "patch_size", "embed_dim": "embed_dim", "depth": "depth", "num_heads": "num_heads",
+                      "mlp_ratio": "mlp_ratio", "cls_token": "cls_token", "pos_embed": "pos_embed", "frames": "frames",
+                      "tubelet": "tubelet"},
+              "swin": {"patch_size": "patch_size", "embed_dim": "embed_dim", "depth": "depth",
+                       "num_heads": "num_heads", "mlp_ratio": "mlp_ratio", "window_size": "swin_window"},
+              "cnn": {"channels": "cnn_channels", "groups": "cnn_groups"}}
+DECODER_KEYS = {"dim": "decoder_dim", "depth": "decoder_depth"}
+
+
+@dataclass
+class Init:
+    """`model.init` resolved: the export fitted to the data, and where it came from."""
+    export: dict
+    source: str
+
+
+def resolve_init(cfg, say: Callable[[str], None] = print):
+    """(config whose model section, and MAE decoder size, are the `model.init` weights', Init or None).
+
+    Keys the config sets explicitly must agree with the weights: otherwise one error listing them."""
+    spec = cfg.model.init
+    if spec == "none":
+        return cfg, None
+    found = resolve_pretrained(spec, cfg.run.tracking_uri, cfg.model, key="model.init")
+    export = fit_export(found.export, cfg.data, found.source, say)
+    arch, args = export.get("arch", "vit"), export["args"]
+    model = {m: args[a] for a, m in MODEL_KEYS[arch].items() if a in args} | {"arch": arch}
+    objective = {DECODER_KEYS[k]: v for k, v in export.get("decoder_args", {}).items()}
+    given_model, given_objective = cfg.model.model_fields_set, set(cfg.objective)
+    wrong = [f"model.{k} {getattr(cfg.model, k)} (weights: {v})" for k, v in model.items()
+             if k in given_model and getattr(cfg.model, k) != v]
+    wrong += [f"objective.{k} {cfg.objective[k]} (weights: {v})" for k, v in objective.items()
+              if k in given_objective and cfg.objective[k] != v]
+    if wrong:
+        raise PretrainedError(f"model.init={spec!r}: the config contradicts the weights: {'; '.join(wrong)} (set "
+                              f"these keys to the weights' values or remove them)")
+    raw = cfg.model_dump() | {"model": cfg.model.model_dump() | model, "objective": cfg.objective | objective}
+    from vitssl.config.load import build_config
+
+    return build_config(type(cfg), raw, f"model.init={spec}"), Init(export, found.source)
+
+
+def load_init(objective: torch.nn.Module, init: Init, say: Callable[[str], None] = print) -> None:
+    """Load `model.init`'s encoder weights into the objective's encoder, and mae's decoder, when the
+    weights carry one, into the objective's MAE decoder."""
+    from vitssl.models import MAEDecoder
+
+    load_encoder_weights(objective.encoder, init.export["state_dict"], init.source)
+    decoder = init.export.get("decoder")
+    targets = [m for m in objective.modules() if isinstance(m, MAEDecoder)]
+    if decoder is None:
+        return
+    if len(targets) != 1:
+        say(f"{init.source}: mae decoder weights ignored (this objective has no MAE decoder)")
+        return
+    load_mae_decoder(targets[0], decoder, init.export.get("decoder_pos", {}), init.source, say)
+
+
+def load_mae_decoder(target, decoder: dict, pos: dict, source: str, say: Callable[[str], None]) -> None:
+    from vitssl.export.pos_embed import LEARNED, MAE_SINCOS, mae_sincos, resample_grid
+
+    decoder = dict(decoder)
+    if target.mask_token is None and decoder.pop("mask_token", None) is not None:
+        say(f"{source}: mae's decoder mask token unused (objective.style is not drop)")
+    pred, own = decoder.get("pred.weight"), target.pred.weight
+    if pred is not None and pred.shape != own.shape and pred.shape[0] % own.shape[0] == 0:
+        # mae predicts (p, p, C) pixels per patch, as patchify orders them: fewer channels take the mean
+        c = pred.shape[0] // own.shape[0]
+        decoder["pred.weight"] = pred.reshape(own.shape[0], c, -1).mean(1)
+        decoder["pred.bias"] = decoder["pred.bias"].reshape(own.shape[0], c).mean(1)
+        say(f"{source}: decoder predicts the mean of its {c} channels' pixels")
+    load_encoder_weights(target, decoder, f"{source} (decoder)")
+    kind, table = pos.get("kind"), pos.get("table")
+    grid = int(target.num_patches ** 0.5)
+    if kind == MAE_SINCOS:
+        target.pos_embed.copy_(mae_sincos(target.pos_embed.shape[-1], grid)[None])
+        say(f"{source}: decoder keeps mae's fixed sin-cos table")
+    elif kind == LEARNED and table is not None:
+        old = int(table.shape[1] ** 0.5)
+        target.pos_embed.copy_(resample_grid(table, old, grid, LEARNED))
+        say(f"{source}: decoder position table taken from the weights")
