@@ -57,20 +57,18 @@ class Pretrained:
 
 
 def resolve_pretrained(spec: str, tracking_uri: str | None, model: ModelConfig | None = None,
-                       key: str = "finetune.pretrained") -> Pretrained:
+                       key: str = "finetune.pretrained", check_model: bool = True) -> Pretrained:
     """Find the encoder that `finetune.pretrained` (or `model.init`: `key`) names (see FinetuneOptions.pretrained).
-    `model`: the config's model section, for what imported weights do not say (a ViT's num_heads)."""
+    `model`: the config's model section, for what imported weights do not say (a ViT's num_heads); with
+    `check_model`, its explicitly set keys must agree with imported weights."""
     if spec == "none":
         return Pretrained(None)
     try:
-        export = read_foreign(spec, model or ModelConfig(), key)
+        export = read_foreign(spec, model or ModelConfig(), key, check_model)
     except WeightsError as e:
         raise PretrainedError(str(e)) from None
     if export is not None:
         return Pretrained(None, objective=_objective(export), export=export, imported=spec)
-    import mlflow
-
-    client = mlflow.MlflowClient(tracking_uri=resolve_tracking_uri(tracking_uri))
     path = Path(spec)
     if path.is_dir():
         folder = path if (path / ENCODER_FILE).is_file() else latest_checkpoint(path)
@@ -83,6 +81,9 @@ def resolve_pretrained(spec: str, tracking_uri: str | None, model: ModelConfig |
             run_id = json.loads((folder / TRAINER_STATE).read_text()).get("mlflow_run_id")
         experiment = None
         if run_id:
+            import mlflow
+
+            client = mlflow.MlflowClient(tracking_uri=resolve_tracking_uri(tracking_uri))
             try:
                 experiment = client.get_experiment(client.get_run(run_id).info.experiment_id).name
             except Exception:  # the run lives in another store: keep its id, use run.experiment
@@ -224,7 +225,7 @@ def resolve_init(cfg, say: Callable[[str], None] = print):
     spec = cfg.model.init
     if spec == "none":
         return cfg, None
-    found = resolve_pretrained(spec, cfg.run.tracking_uri, cfg.model, key="model.init")
+    found = resolve_pretrained(spec, cfg.run.tracking_uri, cfg.model, key="model.init", check_model=False)
     export = fit_export(found.export, cfg.data, found.source, say)
     arch, args = export.get("arch", "vit"), export["args"]
     model = {m: args[a] for a, m in MODEL_KEYS[arch].items() if a in args} | {"arch": arch}

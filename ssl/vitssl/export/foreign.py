@@ -255,9 +255,10 @@ def cached_timm_file(name: str, key: str) -> str:
                        f"timm.create_model('{name}', pretrained=True)\") or pass a weights file")
 
 
-def read_foreign(spec: str, model, key: str = "finetune.pretrained") -> dict | None:
+def read_foreign(spec: str, model, key: str = "finetune.pretrained", check: bool = True) -> dict | None:
     """The export for a timm/mae file or folder or a cached timm model name; None when `spec` is none of
-    these (a vitssl checkpoint folder, an MLflow reference). `model`: the config's model section."""
+    these (a vitssl checkpoint folder, an MLflow reference). `model`: the config's model section, whose
+    explicitly set keys must agree with the weights when `check`."""
     path = Path(spec)
     if path.is_dir() and (path / "config.json").is_file() and not (path / "encoder.pt").is_file():
         import timm
@@ -294,7 +295,8 @@ def read_foreign(spec: str, model, key: str = "finetune.pretrained") -> dict | N
         export = vit_export(state, spec, "timm", known, model, key)
     else:
         return None
-    check_model_keys(export, model, key, spec)
+    if check:
+        check_model_keys(export, model, key, spec)
     return export
 
 
