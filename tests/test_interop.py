@@ -4,6 +4,7 @@ any image size; bad files are one line. Real timm, real safetensors, no network.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -385,8 +386,8 @@ def test_a_pretraining_run_exports_for_timm_and_hugging_face_with_a_model_card(t
                                     f"run.output_dir={tmp_path / 'knn'}"]))
     logged = mlflow.artifacts.download_artifacts(f"runs:/{run_id}/encoder", dst_path=str(tmp_path / "dl"),
                                                  tracking_uri=uri)
-    folder = tmp_path / "dl" / "extra_files"
-    assert logged and {"encoder.pt", "config.json", "model.safetensors", "README.md"} <= {p.name for p in folder.iterdir()}
+    folder = Path(logged) / "extra_files"
+    assert {"encoder.pt", "config.json", "model.safetensors", "README.md"} <= {p.name for p in folder.iterdir()}
     export = torch.load(folder / "encoder.pt", weights_only=True)
     assert verify_with_timm(export, folder) <= 1e-5
 
