@@ -43,14 +43,13 @@ def _vit_grid(a: dict, state: dict, kind: str, image_size: int, source: str) -> 
 
 
 def _adapt_channels(arch: str, state: dict, have: int, want: int, source: str) -> tuple[dict, str]:
-    from timm.models import adapt_input_conv
-
     name = {"vit": "patch_embed.proj.weight", "swin": "patch_embed.weight"}.get(arch)
     weight = state.get(name) if name else None
     if weight is None or weight.ndim != 4 or want != 1:
         raise ConfigError(f"the encoder in {source} takes {have}-channel images, data gives {want} "
                           f"(data.channels)")
-    state[name] = adapt_input_conv(want, weight.float(), base_chans=have).to(weight.dtype)
-    # a gray image through summed kernels = the same gray image repeated on every channel
+    # a gray image through summed kernels = the same gray image repeated on every channel (as timm's
+    # adapt_input_conv does for in_chans=1)
+    state[name] = weight.sum(dim=1, keepdim=True)
     return state, f"patch embedding: its {have} input channels summed for {want}-channel data"
 
