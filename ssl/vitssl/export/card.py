@@ -131,6 +131,10 @@ def model_card(export: dict, tm: TimmModel, facts: RunFacts) -> str:
     lines += [f"- objective: {objective.get('name')}" + (f" ({opts})" if opts else ""),
               f"- epochs: {run.get('epochs', '?')}" + (f" (max_steps {run['max_steps']})" if run.get("max_steps") else ""),
               f"- optimiser: AdamW, {json.dumps(config.get('optim', {}))}"]
+    if classifier:
+        ft = {k: v for k, v in (config.get("finetune") or {}).items()
+              if not k.startswith(("linear_", "knn_", "tsne", "eval_splits", "class_names"))}
+        lines.append(f"- fine-tune: {json.dumps(ft)}")
     data = manifest_facts(config)
     if data:
         counts = ", ".join(f"{s} {c}" for s, c in data["counts"].items())
@@ -153,6 +157,9 @@ def model_card(export: dict, tm: TimmModel, facts: RunFacts) -> str:
     lines += ["", "## Provenance", ""]
     if facts.run_id:
         lines.append(f"- MLflow run `{facts.run_id}`" + (f" (experiment `{facts.experiment}`)" if facts.experiment else ""))
+        if (pre := facts.tags.get("vitssl.pretrain_run_id", "none")) != "none":
+            lines.append(f"- started from the encoder of MLflow run `{pre}` "
+                         f"({facts.tags.get('vitssl.pretrained_source', '')})")
         if commit := facts.tags.get("mlflow.source.git.commit"):
             lines.append(f"- code: git commit `{commit}`")
     if facts.note:
