@@ -406,3 +406,14 @@ def test_a_pretraining_run_exports_for_timm_and_hugging_face_with_a_model_card(t
             "print(tuple(m(torch.rand(2, 1, 28, 28)).shape), 'vitssl' in sys.modules)" % out)
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert done.stdout.strip() == "(2, 64) False", done.stderr[-2000:]
+
+
+def test_model_init_is_for_pretraining_only(tmp_path):
+    from vitssl.config import ConfigError
+    from vitssl.engine.finetune import run_finetune
+
+    cfg = load_config(FinetuneConfig, None, ["model.init=weights.pth", f"run.output_dir={tmp_path / 'out'}"])
+    with pytest.raises(ConfigError, match="model.init='weights.pth' starts a pretraining run; a fine-tune starts "
+                                          "from finetune.pretrained"):
+        run_finetune(cfg)
+    assert not (tmp_path / "out").exists()

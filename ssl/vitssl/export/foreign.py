@@ -92,9 +92,7 @@ def split_mae_decoder(state: dict[str, torch.Tensor]) -> tuple[dict, dict]:
         if k == "mask_token":
             decoder["mask_token"] = v
         elif k.startswith("decoder_"):
-            name = re.sub(r"^decoder_(embed|blocks|norm|pred|pos_embed)", lambda m: {
-                "embed": "embed", "blocks": "blocks", "norm": "norm", "pred": "pred", "pos_embed": "pos_embed"}[m[1]], k)
-            decoder[name] = v
+            decoder[k.removeprefix("decoder_")] = v  # decoder_embed -> embed, decoder_blocks.0 -> blocks.0, ...
         else:
             encoder[k] = v
     return encoder, decoder
@@ -111,8 +109,8 @@ def vit_export(state: dict[str, torch.Tensor], source: str, fmt: str, known: dic
     notes: list[str] = []
     state = dict(state)
     proj = state.get("patch_embed.proj.weight")
-    if proj is None or proj.ndim != 4 or "blocks.0.mlp.fc1.weight" not in state:
-        raise WeightsError(f"{key}={source!r}: no ViT weights in timm's layout (patch_embed.proj.weight, "
+    if proj is None or proj.ndim != 4 or proj.shape[-1] != proj.shape[-2] or "blocks.0.mlp.fc1.weight" not in state:
+        raise WeightsError(f"{key}={source!r}: no ViT weights in timm's layout (a square patch_embed.proj.weight, "
                            f"blocks.N.*); keys start {sorted(state)[:5]}")
     unsupported = sorted(f"{k}={v}" for k, v in known.items()
                          if k not in NEUTRAL_TIMM_ARGS and v not in (None, False, 0, "", []))
