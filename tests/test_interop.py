@@ -94,6 +94,17 @@ def test_exported_folder_loads_in_timm_alone_with_equal_outputs(name, tmp_path):
         assert model(x).shape == (3, classes or written.timm.model_args.get("embed_dim") * (2 if "swin" in name else 1))
 
 
+def test_config_json_is_what_timms_own_hub_export_writes(tmp_path):
+    export = classifier_export(randomised(ViT(ViTArgs(depth=1))))
+    write_folder(export, tmp_path / "ours", label_names=["a", "b", "c"])
+    ours = json.loads((tmp_path / "ours" / "config.json").read_text())
+    model = timm.create_model(ours["architecture"], pretrained=False, pretrained_cfg=ours["pretrained_cfg"],
+                              **ours["model_args"])
+    timm.models.save_for_hf(model, tmp_path / "timm", model_config={"label_names": ["a", "b", "c"]},
+                            safe_serialization=True)
+    assert json.loads((tmp_path / "timm" / "config.json").read_text()) == ours
+
+
 def test_the_exported_position_table_is_the_actual_one_and_differs_from_mae(tmp_path):
     export = encoder_export(randomised(ViT(ViTArgs(depth=1))))
     from safetensors.torch import load_file
@@ -137,7 +148,7 @@ def test_a_timm_vit_file_and_an_exported_folder_come_back_as_the_same_function(t
     with torch.no_grad():
         want = timm_vit.forward_head(timm_vit.forward_features(x), pre_logits=True)
     for file in ("timm.safetensors", "timm.pth"):
-        cfg = ft_config(str(tmp_path / file))
+        cfg = ft_config(str(tmp_path / file), "model.num_heads=4")  # the bare file does not say
         lines: list[str] = []
         encoder = build_encoder(cfg, resolve_pretrained(cfg.finetune.pretrained, None, cfg.model), lines.append).eval()
         with torch.no_grad():
@@ -302,7 +313,8 @@ def mae_checkpoint(path, embed_dim: int = 64, depth: int = 2, decoder_dim: int =
 def test_an_mae_checkpoint_starts_mae_pretraining_with_its_decoder_and_tables(tmp_path, mnist012):
     state = mae_checkpoint(tmp_path / "mae.pth")
     cfg = load_config(PretrainConfig, None, [f"data.shards={mnist012}", f"model.init={tmp_path / 'mae.pth'}",
-                                             "objective.name=mae", "objective.decoder_heads=4", "model.depth=2"])
+                                             "objective.name=mae", "objective.decoder_heads=4", "model.depth=2",
+                                             "model.num_heads=4"])
     lines: list[str] = []
     cfg, init = resolve_init(cfg, lines.append)
     assert (cfg.model.embed_dim, cfg.model.depth, cfg.model.pos_embed) == (64, 2, "learned")
@@ -317,9 +329,12 @@ def test_an_mae_checkpoint_starts_mae_pretraining_with_its_decoder_and_tables(tm
     assert torch.equal(objective.decoder.pos_embed[0], state["decoder_pos_embed"][0, 1:])
     assert any("mae's fixed sin-cos table, loaded as a learned parameter" in ln for ln in lines)
     # the same file for fine-tuning: the decoder is not part of the encoder
-    ft = ft_config(str(tmp_path / "mae.pth"), "model.depth=2")
+    ft = ft_config(str(tmp_path / "mae.pth"), "model.depth=2", "model.num_heads=4")
     encoder = build_encoder(ft, resolve_pretrained(ft.finetune.pretrained, None, ft.model), lambda _: None)
     assert not any(k.startswith("decoder") for k in encoder.state_dict())
+    # without a config to say, heads 64 wide are assumed (timm's and mae's ViTs), and the log says so
+    alone = resolve_pretrained(str(tmp_path / "mae.pth"), None).export
+    assert alone["args"]["num_heads"] == 1 and any("num_heads 1 assumed" in n for n in alone["notes"])
     # a config that contradicts the weights: one line listing the keys
     bad = load_config(PretrainConfig, None, [f"data.shards={mnist012}", f"model.init={tmp_path / 'mae.pth'}",
                                              "model.embed_dim=32", "objective.name=mae", "objective.decoder_dim=64"])
@@ -343,7 +358,7 @@ def test_timm_file_fine_tunes_and_mae_checkpoint_continues_pretraining_end_to_en
     save_file(timm_vit.state_dict(), str(tmp_path / "timm.safetensors"))
     cfg = load_config(FinetuneConfig, None, [*common, f"finetune.pretrained={tmp_path / 'timm.safetensors'}",
                                              f"run.output_dir={tmp_path / 'ft'}", "finetune.tsne=false",
-                                             "finetune.head_init=random", "model.depth=2"])
+                                             "finetune.head_init=random", "model.depth=2", "model.num_heads=4"])
     result = run_finetune(cfg)
     assert result.metrics["test_n"] == 300 and 0 <= result.metrics["test_accuracy"] <= 1
     tuned = torch.load(result.checkpoint / "encoder.pt", weights_only=True)["state_dict"]
@@ -352,7 +367,7 @@ def test_timm_file_fine_tunes_and_mae_checkpoint_continues_pretraining_end_to_en
 
     state = mae_checkpoint(tmp_path / "mae.pth")
     cfg = load_config(PretrainConfig, None, [*common, f"model.init={tmp_path / 'mae.pth'}", "objective.name=mae",
-                                             "objective.decoder_heads=4", "objective.mask_ratio=0.5",
+                                             "objective.decoder_heads=4", "objective.mask_ratio=0.5", "model.num_heads=4",
                                              f"run.output_dir={tmp_path / 'mae'}"])
     fit = run_pretrain(cfg)
     trained = load_file(str(fit.checkpoint / "model.safetensors"))

@@ -20,7 +20,7 @@ from typing import Callable
 
 import torch
 
-from vitssl.config import ConfigError, ModelConfig
+from vitssl.config import ConfigError
 from vitssl.config.finetune import FinetuneConfig
 from vitssl.engine.checkpoint import ENCODER_FILE, TRAINER_STATE, latest_checkpoint
 from vitssl.export.foreign import WeightsError, read_foreign
@@ -56,7 +56,7 @@ class Pretrained:
         return self.handoff.uri if self.handoff else self.imported or str(self.folder or "none")
 
 
-def resolve_pretrained(spec: str, tracking_uri: str | None, model: ModelConfig | None = None,
+def resolve_pretrained(spec: str, tracking_uri: str | None, model=None,
                        key: str = "finetune.pretrained", check_model: bool = True) -> Pretrained:
     """Find the encoder that `finetune.pretrained` (or `model.init`: `key`) names (see FinetuneOptions.pretrained).
     `model`: the config's model section, for what imported weights do not say (a ViT's num_heads); with
@@ -64,7 +64,7 @@ def resolve_pretrained(spec: str, tracking_uri: str | None, model: ModelConfig |
     if spec == "none":
         return Pretrained(None)
     try:
-        export = read_foreign(spec, model or ModelConfig(), key, check_model)
+        export = read_foreign(spec, model, key, check_model)
     except WeightsError as e:
         raise PretrainedError(str(e)) from None
     if export is not None:

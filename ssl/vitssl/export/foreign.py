@@ -153,9 +153,15 @@ def vit_export(state: dict[str, torch.Tensor], source: str, fmt: str, known: dic
     elif grid is None:
         raise WeightsError(f"{key}={source!r}: neither a pos_embed nor an image size: cannot tell the patch grid")
     heads = known.get("num_heads")
-    if heads is None:
+    if heads is None and model is not None and "num_heads" in model.model_fields_set:
         heads = model.num_heads
         notes.append(f"num_heads {heads} from model.num_heads (the file does not say)")
+    elif heads is None:
+        heads = max(1, dim // 64)
+        notes.append(f"num_heads {heads} assumed: heads 64 wide, as in timm's and mae's ViTs (the file does not "
+                     f"say; set model.num_heads if they differ)")
+    if dim % heads:
+        raise WeightsError(f"{key}={source!r}: width {dim} is not divisible by num_heads {heads} (model.num_heads)")
     args = dict(img_size=grid * patch, patch_size=patch, in_chans=in_chans, embed_dim=dim, depth=depth,
                 num_heads=heads, mlp_ratio=state["blocks.0.mlp.fc1.weight"].shape[0] / dim, cls_token=cls,
                 pos_embed="sincos" if kind == VITSSL_SINCOS else "learned")
@@ -169,7 +175,7 @@ def vit_export(state: dict[str, torch.Tensor], source: str, fmt: str, known: dic
 
 def check_model_keys(export: dict, model, key: str, source: str) -> None:
     """One error listing the config's explicitly set model.* keys that the weights contradict."""
-    if export.get("arch", "vit") != "vit":
+    if model is None or export.get("arch", "vit") != "vit":
         return
     given = model.model_fields_set
     wrong = [f"model.{m} {getattr(model, m)} (weights: {export['args'][a]})" for a, m in VIT_MODEL_KEYS.items()
@@ -255,8 +261,8 @@ def cached_timm_file(name: str, key: str) -> str:
 
 def read_foreign(spec: str, model, key: str = "finetune.pretrained", check: bool = True) -> dict | None:
     """The export for a timm/mae file or folder or a cached timm model name; None when `spec` is none of
-    these (a vitssl checkpoint folder, an MLflow reference). `model`: the config's model section, whose
-    explicitly set keys must agree with the weights when `check`."""
+    these (a vitssl checkpoint folder, an MLflow reference). `model`: the config's model section (or
+    None), whose explicitly set keys must agree with the weights when `check`."""
     path = Path(spec)
     if path.is_dir() and (path / "config.json").is_file() and not (path / "encoder.pt").is_file():
         import timm
