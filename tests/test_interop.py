@@ -14,13 +14,8 @@ from safetensors.torch import save_file
 
 from vitssl.config import PretrainConfig, load_config
 from vitssl.config.finetune import FinetuneConfig
-from vitssl.engine.pretrained import (
-    PretrainedError,
-    build_encoder,
-    load_init,
-    resolve_init,
-    resolve_pretrained,
-)
+from vitssl.engine.model_init import load_init, resolve_init
+from vitssl.engine.pretrained import PretrainedError, build_encoder, resolve_pretrained
 from vitssl.export.__main__ import main as export_main
 from vitssl.export.pos_embed import LEARNED, MAE_SINCOS, VITSSL_SINCOS, table_kind
 from vitssl.export.resize import fit_to_data

@@ -52,7 +52,3 @@ def resample_grid(pos: torch.Tensor, old_grid: int, new_grid: int, kind: str) ->
     out = [resample_abs_pos_embed(f, [new_grid, new_grid], [old_grid, old_grid], num_prefix_tokens=0) for f in frames]
     return torch.cat(out, dim=1).to(pos.dtype)
 
-
-def split_prefix(pos: torch.Tensor, num_prefix: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(1, P + N, D) -> the P prefix-token rows and the N patch rows."""
-    return pos[:, :num_prefix], pos[:, num_prefix:]
