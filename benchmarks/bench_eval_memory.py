@@ -29,14 +29,13 @@ from fixtures import tiny_imagenet_files, write_tiny_zip  # noqa: E402
 IN_MEMORY = """
 import sys, torch
 from vitssl.data import load_split_tensors
-from vitssl.models import ViT, ViTArgs
-from vitssl.objectives.classify import pooled
+from vitssl.models import ViT, ViTOptions
 shards, depth = sys.argv[1], int(sys.argv[2])
-enc = ViT(ViTArgs(img_size=64, patch_size=8, in_chans=3, embed_dim=192, depth=depth, num_heads=3)).eval()
+enc = ViT(ViTOptions(patch_size=8, embed_dim=192, depth=depth, num_heads=3), image_size=64, channels=3).eval()
 with torch.no_grad():
     for split in ("train", "test"):
         x, y, _ = load_split_tensors(shards, split)
-        torch.cat([pooled(enc, x[i:i + 256]) for i in range(0, len(x), 256)])
+        torch.cat([enc.embed_images(x[i:i + 256]) for i in range(0, len(x), 256)])
 """
 
 

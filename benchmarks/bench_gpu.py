@@ -164,13 +164,10 @@ def synthetic_batches(cfg: PretrainConfig, n_patches: int, device: torch.device)
 
 def run_case(case: Case, data: str, compiled: bool, args, shard_dir: Path) -> dict:
     """img/s (all processes) of one configuration; runs in this process under the current accelerate launch."""
-    from vitssl.engine.builders import (
-        build_accelerator,
-        build_optimizer,
-        cast_float_buffers,
-        model_dtype,
-        to_model_input,
-    )
+    from vitssl.engine.accelerator import build_accelerator
+    from vitssl.engine.batches import to_model_input
+    from vitssl.engine.optimizer import build_optimizer
+    from vitssl.engine.precision import cast_float_buffers, model_dtype
 
     cfg = pretrain_config(case, str(shard_dir), args.batch if case.model != "mnist_config" else args.mnist_batch)
     accelerator = build_accelerator(cfg.run, cfg.data.batch_size)

@@ -11,7 +11,7 @@ import torch
 from timm.models.vision_transformer import VisionTransformer
 
 from vitssl.config import PretrainConfig
-from vitssl.models import ViT, ViTArgs
+from vitssl.models import ViT, ViTOptions
 from vitssl.objectives import build_objective
 
 from common import interleaved, write_section
@@ -48,8 +48,7 @@ def mae_case(size, chans, patch, width, depth, heads, style, batch):
 
 
 def encoder_cases(size, chans, patch, width, depth, heads, batch):
-    ours = ViT(ViTArgs(img_size=size, patch_size=patch, in_chans=chans, embed_dim=width, depth=depth,
-                       num_heads=heads))
+    ours = ViT(ViTOptions(patch_size=patch, embed_dim=width, depth=depth, num_heads=heads), size, chans)
     timm = VisionTransformer(img_size=size, patch_size=patch, in_chans=chans, embed_dim=width, depth=depth,
                              num_heads=heads, num_classes=0, global_pool="token", class_token=True)
     x = torch.rand(batch, chans, size, size)

@@ -25,8 +25,8 @@ from torchvision.transforms.v2 import functional as TF
 from vitssl.data import make_train_loader
 from vitssl.data.augment import RandomAffine
 from vitssl.data.clips import MovingClip, moving_clip
-from vitssl.engine.builders import param_groups
-from vitssl.models import ViT, ViTArgs
+from vitssl.engine.optimizer import param_groups
+from vitssl.models import ViT
 
 from common import interleaved, write_section
 
@@ -60,7 +60,7 @@ def repeat(fn, n: int):
 
 
 def optimizer_case(fused: bool):
-    model = ViT(ViTArgs())
+    model = ViT()
     for p in model.parameters():
         p.grad = torch.randn_like(p)
     opt = torch.optim.AdamW(param_groups(model, 0.05, None), lr=1e-3, fused=fused or None)
@@ -97,7 +97,7 @@ def main() -> None:
     s_old, s_new = 1e3 / steps["default"], 1e3 / steps["fused"]
     lines += ["", f"3-frame moving clip of one digit: one `grid_sample` {c_new:.0f} µs, torchvision `affine` "
               f"frame by frame {c_old:.0f} µs ({c_old / c_new:.1f}x).  ",
-              f"AdamW step, study ViT ({sum(p.numel() for p in ViT(ViTArgs()).parameters()):,} parameters): "
+              f"AdamW step, study ViT ({sum(p.numel() for p in ViT().parameters()):,} parameters): "
               f"per-tensor {s_old:.2f} ms, fused {s_new:.2f} ms ({s_old / s_new:.1f}x)."]
     body = "\n".join(lines)
     print(body)

@@ -1,4 +1,4 @@
-"""``python -m data_prep {mnist,tiny-imagenet,summary,index}``: argument parsing and the one error exit."""
+"""``python -m data_prep {mnist,tiny-imagenet,images,summary,index}``: argument parsing and the one error exit."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from data_prep import mnist, tiny_imagenet
+from data_prep import images, mnist, tiny_imagenet
 from data_prep.errors import DataPrepError
 from data_prep.index import index, index_summary
 from data_prep.writer import read_manifest, summary, write_dataset
@@ -62,6 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("tiny-imagenet", help="Tiny ImageNet 200 (val becomes split 'test')")
     p.add_argument("--source", required=True, type=Path, help="tiny-imagenet-200.zip or the extracted folder")
     _add_common(p, "all")
+    images.add_parser(sub, _positive)
     p = sub.add_parser("summary", help="print the summary of an existing shard directory")
     p.add_argument("out", type=Path)
     p = sub.add_parser("index", help="write manifest.json for existing shards (local, http(s)://, pipe:)")
@@ -93,6 +94,8 @@ def run(argv: list[str]) -> str:
     if args.command == "index":
         manifest = index(args.urls, args.out, args.split, shlex.join(["python", "-m", "data_prep", *argv]))
         return index_summary(manifest, args.out)
+    if args.command == "images":
+        return images.run(args, shlex.join(["python", "-m", "data_prep", *argv]))
     train, test = _limits(args)
     options = {"train_per_class": train, "test_per_class": test, "seed": args.seed,
                "shard_max_count": args.shard_max_count, "shard_max_bytes": args.shard_max_bytes}

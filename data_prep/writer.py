@@ -16,7 +16,7 @@ import tarfile
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
+from typing import Callable, Iterable
 
 from tqdm import tqdm
 
@@ -29,21 +29,26 @@ SHARD_RE = re.compile(r"^(?P<split>[a-z_]+)-\d{6}\.tar$")
 # Manifest fields that identify the content; "command" is left out so that spelling the same
 # options differently still counts as up to date.
 IDENTITY_KEYS = ("format_version", "dataset", "source", "options", "image", "classes")
+# Files some datasets keep beside the manifest; committed with it, removed when a re-run has none.
+SIDE_FILES = ("classes.json", "skipped.txt")
 
 
 @dataclass(frozen=True)
 class Sample:
     ext: str  # "png" or "jpg"
     data: bytes
-    label: int
+    label: int | None  # None: a label-free sample (no .cls member)
     class_name: str
     source_id: str
 
 
 @dataclass(frozen=True)
 class SplitSource:
-    count: int
+    count: int  # the samples to come; with exact=False at most this many (bad files are dropped)
     samples: Iterable[Sample]  # in final order; may be lazy (read on demand)
+    exact: bool = True
+    # more fields of the split's manifest entry, computed once its samples were written
+    extra: Callable[[], dict] | None = None
 
 
 def sha256_file(path: Path) -> str:
@@ -67,8 +72,8 @@ def _add_member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
 
 
 def _sample_bytes(sample: Sample, meta: bytes) -> int:
-    blocks = sum(-(-n // 512) for n in (len(sample.data), len(str(sample.label)), len(meta)))
-    return 512 * (3 + blocks)
+    sizes = [len(sample.data), len(meta)] + ([] if sample.label is None else [len(str(sample.label))])
+    return 512 * (len(sizes) + sum(-(-n // 512) for n in sizes))
 
 
 def _tar_size(members_end: int) -> int:
@@ -114,7 +119,8 @@ class _ShardSink:
         if self._tar is None:
             self._open()
         _add_member(self._tar, f"{key}.{sample.ext}", sample.data)
-        _add_member(self._tar, f"{key}.cls", str(sample.label).encode())
+        if sample.label is not None:
+            _add_member(self._tar, f"{key}.cls", str(sample.label).encode())
         _add_member(self._tar, f"{key}.json", meta)
         self._count += 1
 
@@ -126,21 +132,26 @@ def _write_split(out: Path, split: str, source: SplitSource, classes: list[str],
     try:
         bar = tqdm(source.samples, total=source.count, desc=f"{split} shards", unit="img",
                    disable=None, leave=False)
+        count = 0
         for index, sample in enumerate(bar):
             meta = {"index": index, "label": sample.label, "class_name": sample.class_name,
                     "source_id": sample.source_id}
+            if sample.label is None:
+                meta = {"index": index, "source_id": sample.source_id}
+            else:
+                per_class[sample.class_name] += 1
             sink.add(f"{split}-{index:07d}", sample, json.dumps(meta, sort_keys=True).encode())
-            per_class[sample.class_name] += 1
+            count += 1
         sink.close_shard()
     finally:
         temp_files.extend(sink.temp_files)
-    count = sum(per_class.values())
-    if count != source.count:
+    if count != source.count and (source.exact or count > source.count):
         raise DataPrepError(f"internal: split {split!r} produced {count} samples, expected {source.count}")
     # Names outside `classes` occur in the label-free split (its images keep their true digit here).
     extra = {name: n for name, n in sorted(per_class.items()) if name not in classes}
-    return {"count": count, "per_class": {name: per_class[name] for name in classes} | extra,
-            "shards": sink.shards}
+    entry = {"count": count, "per_class": {name: per_class[name] for name in classes} | extra,
+             "shards": sink.shards}
+    return entry | (source.extra() if source.extra else {})
 
 
 def read_manifest(out: Path) -> dict | None:
@@ -169,11 +180,14 @@ def _write_json_atomic(path: Path, obj: dict) -> None:
     os.replace(tmp, path)
 
 
-def _commit(out: Path, manifest: dict) -> None:
+def _commit(out: Path, manifest: dict, side: dict[str, bytes]) -> None:
     (out / MANIFEST).unlink(missing_ok=True)  # from here until the end the directory is "incomplete"
     names = [s["name"] for split in manifest["splits"].values() for s in split["shards"]]
-    for name in names:
+    for name in [*names, *side]:
         os.replace(out / (TMP_PREFIX + name), out / name)
+    for name in SIDE_FILES:
+        if name not in side:
+            (out / name).unlink(missing_ok=True)
     _write_json_atomic(out / MANIFEST, manifest)
     keep = set(names)
     for path in out.iterdir():
@@ -182,11 +196,14 @@ def _commit(out: Path, manifest: dict) -> None:
 
 
 def write_dataset(out: Path, head: dict, splits: dict[str, SplitSource], *,
-                  shard_max_count: int, shard_max_bytes: int) -> tuple[dict, bool]:
+                  shard_max_count: int, shard_max_bytes: int,
+                  finish: Callable[[dict], dict[str, bytes]] | None = None) -> tuple[dict, bool]:
     """Write shards + manifest for ``splits`` into ``out``.
 
-    ``head`` holds every manifest field except "splits". Returns (manifest, written); written is
-    False when ``out`` was already up to date and nothing was touched.
+    ``head`` holds every manifest field except "splits". ``finish(manifest)``, called once every
+    split is written, may add manifest fields and returns files (one of SIDE_FILES -> bytes) to
+    commit beside the manifest. Returns (manifest, written); written is False when ``out`` was
+    already up to date and nothing was touched.
     """
     head = {"format_version": FORMAT_VERSION, **head}
     if out.exists() and not out.is_dir():
@@ -206,7 +223,11 @@ def write_dataset(out: Path, head: dict, splits: dict[str, SplitSource], *,
         for split, source in splits.items():
             manifest["splits"][split] = _write_split(
                 out, split, source, head["classes"], (shard_max_count, shard_max_bytes), temp_files)
-        _commit(out, manifest)
+        side = finish(manifest) if finish else {}
+        for name, data in side.items():
+            temp_files.append(out / (TMP_PREFIX + name))
+            temp_files[-1].write_bytes(data)
+        _commit(out, manifest, side)
     except BaseException as err:
         for path in temp_files:
             path.unlink(missing_ok=True)
@@ -219,14 +240,40 @@ def write_dataset(out: Path, head: dict, splits: dict[str, SplitSource], *,
     return manifest, True
 
 
+def _split_images(info: dict) -> str:
+    """The optional per-split image fields (labels, channels, width/height), as one phrase."""
+    parts = []
+    if "labels" in info:
+        parts.append("no labels" if info["labels"] == "none" else f"labels: {len(info.get('classes', {}))} classes")
+    if "channels" in info:
+        parts.append(f"{info['channels']} channel(s)")
+    if "width" in info and "height" in info:
+        w, h = info["width"], info["height"]
+        if w["min"] == w["max"] and h["min"] == h["max"]:
+            parts.append(f"all {w['min']}x{h['min']}")
+        else:
+            parts.append(f"width {w['min']}/{w['median']}/{w['max']}, height {h['min']}/{h['median']}/{h['max']} "
+                         f"(min/median/max)")
+    return "; ".join(parts)
+
+
 def summary(manifest: dict, out: Path) -> str:
-    lines = [f"{manifest['dataset']} shards in {out}: {len(manifest['classes'])} classes, "
-             f"image {manifest['image']['height']}x{manifest['image']['width']}x"
-             f"{manifest['image']['channels']} {manifest['image']['format']}"]
+    classes = manifest.get("classes")
+    head = f"{manifest['dataset']} shards in {out}: {f'{len(classes)} classes' if classes else 'no classes'}"
+    image = manifest.get("image")
+    if image:
+        head += f", image {image['height']}x{image['width']}x{image['channels']} {image['format']}"
+    lines = [head]
     for split, info in manifest["splits"].items():
         per_class = ", ".join(f"{name}: {n}" for name, n in info["per_class"].items())
         if len(info["per_class"]) > 12:
             counts = sorted(set(info["per_class"].values()))
             per_class = f"{len(info['per_class'])} classes, {counts[0]}..{counts[-1]} per class"
-        lines.append(f"  {split}: {info['count']} images in {len(info['shards'])} shard(s) ({per_class})")
+        line = f"  {split}: {info['count']} images in {len(info['shards'])} shard(s)"
+        line += f" ({per_class})" if per_class else ""
+        if _split_images(info):
+            line += f"; {_split_images(info)}"
+        lines.append(line)
+    if manifest.get("skipped"):
+        lines.append(f"  skipped: {manifest['skipped']} file(s), listed in {out / 'skipped.txt'}")
     return "\n".join(lines)

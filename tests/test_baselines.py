@@ -1,4 +1,4 @@
-"""The seed-001/003 systems piece by piece: CNN and Swin encoders through the registry, RandAugment,
+"""The baseline systems (CNN objectives, Swin distillation) piece by piece: CNN and Swin encoders through the registry, RandAugment,
 Mixup, the distillation loss against its formula, the frozen teacher, rotation labels, config checks."""
 from __future__ import annotations
 
@@ -9,8 +9,17 @@ from torchvision.transforms.v2 import functional as TF
 
 from vitssl.config import ConfigError, PretrainConfig, load_config
 from vitssl.data.augment import RandAugmentDigits, affine_copies, chain
-from vitssl.engine.builders import param_groups
-from vitssl.models import CNN, CNNArgs, Swin, SwinArgs, ViT, ViTArgs, encoder_export, encoder_from_export
+from vitssl.engine.optimizer import param_groups
+from vitssl.models import (
+    CNN,
+    CNNOptions,
+    Swin,
+    SwinOptions,
+    ViT,
+    ViTOptions,
+    encoder_export,
+    encoder_from_export,
+)
 from vitssl.models.cnn import CNNDecoder
 from vitssl.objectives import build_objective, parse_options
 from vitssl.objectives.classify import ClassifyOptions
@@ -20,11 +29,11 @@ from vitssl.objectives.rotation import RandomRotation90
 
 
 @pytest.mark.parametrize("encoder, tokens", [
-    (CNN(CNNArgs()), 49),
-    (CNN(CNNArgs(channels=[16, 32], groups=4)), 196),
-    (Swin(SwinArgs()), 49),
-    (Swin(SwinArgs(patch_size=4, embed_dim=32, num_heads=2, depth=3)), 16),
-    (ViT(ViTArgs(depth=2)), 17),
+    (CNN(), 49),
+    (CNN(CNNOptions(cnn_channels=[16, 32], cnn_groups=4)), 196),
+    (Swin(), 49),
+    (Swin(SwinOptions(patch_size=4, embed_dim=32, num_heads=2, depth=3)), 16),
+    (ViT(ViTOptions(depth=2)), 17),
 ])
 def test_encoders_forward_backward_and_rebuild_from_their_export(encoder, tokens):
     x = torch.rand(2, 1, 28, 28)
@@ -38,20 +47,31 @@ def test_encoders_forward_backward_and_rebuild_from_their_export(encoder, tokens
     torch.testing.assert_close(rebuilt(x), encoder(x))
 
 
-def test_exports_without_arch_are_vits():
-    export = encoder_export(ViT(ViTArgs(depth=1)))
-    del export["arch"]
-    assert isinstance(encoder_from_export(export), ViT)
+@pytest.mark.parametrize("arch, args, options", [
+    (None, {"img_size": 28, "patch_size": 7, "in_chans": 1, "embed_dim": 32, "depth": 1, "num_heads": 2},
+     ViTOptions(embed_dim=32, depth=1, num_heads=2)),
+    ("swin", {"img_size": 28, "in_chans": 1, "patch_size": 2, "embed_dim": 24, "depth": 2, "num_heads": 3,
+              "window_size": 7}, SwinOptions(embed_dim=24, swin_window=7)),
+    ("cnn", {"img_size": 28, "in_chans": 1, "channels": [16, 32], "groups": 4},
+     CNNOptions(cnn_channels=[16, 32], cnn_groups=4)),
+])
+def test_exports_of_constructor_arguments_are_read_as_options(arch, args, options):
+    """Exports that hold the constructor's arguments (and, for ViTs, perhaps no arch) still rebuild."""
+    export = {"args": args, **({"arch": arch} if arch else {})}
+    encoder = encoder_from_export(export)
+    assert (encoder.options, encoder.image_size, encoder.channels) == (options, 28, 1)
+    export = encoder_export(encoder)
+    assert (export["model"], export["image_size"], export["channels"]) == (options.model_dump(), 28, 1)
 
 
 def test_swin_alternates_regular_and_shifted_windows():
-    model = Swin(SwinArgs(depth=2, window_size=7))
+    model = Swin(SwinOptions(depth=2, swin_window=7))
     assert [b.attn.shift_size for b in model.blocks] == [[0, 0], [3, 3]]
 
 
 def test_cnn_decoder_mirrors_the_encoder():
-    args = CNNArgs()
-    assert CNNDecoder(args)(CNN(args)(torch.rand(3, 1, 28, 28))).shape == (3, 1, 28, 28)
+    encoder = CNN()
+    assert CNNDecoder(encoder)(encoder(torch.rand(3, 1, 28, 28))).shape == (3, 1, 28, 28)
 
 
 def test_randaugment_keeps_uint8_28x28_and_changes_images():
@@ -105,12 +125,12 @@ def test_kd_loss_equals_the_formula():
 
 def teacher_model(num_classes: int = 3) -> FrozenClassifier:
     torch.manual_seed(1)
-    return FrozenClassifier(ViT(ViTArgs(depth=1, embed_dim=32, dropout=0.5)), nn.Linear(32, num_classes), "cls")
+    return FrozenClassifier(ViT(ViTOptions(depth=1, embed_dim=32, dropout=0.5)), nn.Linear(32, num_classes), "cls")
 
 
 def test_teacher_is_a_frozen_registered_module_outside_the_optimizer():
     teacher = teacher_model()
-    student = Distill(Swin(SwinArgs(embed_dim=24)), DistillOptions(num_classes=3), teacher)
+    student = Distill(Swin(SwinOptions(embed_dim=24)), DistillOptions(num_classes=3), teacher)
     teacher_ids = {id(p) for p in teacher.parameters()}
     optimized = {id(p) for group in param_groups(student, 0.05) for p in group["params"]}
     assert teacher_ids and not teacher_ids & optimized
@@ -129,7 +149,7 @@ def test_teacher_is_a_frozen_registered_module_outside_the_optimizer():
 
 def test_teacher_and_student_must_agree_on_classes():
     with pytest.raises(ValueError, match="teacher predicts 3 classes, the student 10"):
-        Distill(Swin(SwinArgs()), DistillOptions(num_classes=10), teacher_model(3))
+        Distill(Swin(), DistillOptions(num_classes=10), teacher_model(3))
 
 
 def test_rotation_label_is_the_applied_rotation():

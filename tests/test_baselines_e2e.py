@@ -1,4 +1,4 @@
-"""The seed-001/003 systems end to end on the embedded MNIST 0/1/2 subset: the CNN baselines'
+"""The baseline systems end to end on the embedded MNIST 0/1/2 subset: the CNN baselines'
 losses fall and their linear probes rebuild the CNN from the checkpoint, the Swin student learns
 from the teacher alone (labels shuffled: the identical run), supervised ViT with RandAugment +
 Mixup, and a sweep whose runs compare ranks."""
@@ -18,7 +18,7 @@ from vitssl.config.finetune import FinetuneConfig
 from vitssl.engine import finetune as engine
 from vitssl.engine.finetune import run_finetune
 from vitssl.eval.compare import compare
-from vitssl.models import CNN, ViT, ViTArgs, encoder_export
+from vitssl.models import CNN, ViT, ViTOptions, encoder_export
 
 from launching import ROOT, client, env, last_lines, launch, metric
 
@@ -36,7 +36,7 @@ def teacher(tmp_path_factory) -> Path:
     """A classifier checkpoint as fine-tuning writes it: encoder export + head + config."""
     folder = tmp_path_factory.mktemp("teacher")
     torch.manual_seed(0)
-    encoder = ViT(ViTArgs(depth=1, embed_dim=32, num_heads=2))
+    encoder = ViT(ViTOptions(depth=1, embed_dim=32, num_heads=2))
     export = encoder_export(encoder) | {"head": nn.Linear(32, 3).state_dict(), "objective": "classify",
                                         "config": {"finetune": {"pool": "cls"}}}
     torch.save(export, folder / "encoder.pt")
@@ -65,7 +65,7 @@ def test_swin_student_training_does_not_depend_on_labels(mnist012, teacher, tmp_
              f"finetune.teacher={teacher}"]
     true = run_finetune(finetune_config("swin_distill", mnist012, tmp_path / "true", uri, *small))
     wrapped = []
-    real_loader = vitssl.data.make_train_loader  # what the training plan (engine.builders) reads at call time
+    real_loader = vitssl.data.make_train_loader  # what the training plan (engine.plan) reads at call time
     monkeypatch.setattr(vitssl.data, "make_train_loader",
                         lambda *a, **k: wrapped.append(WrongLabels(real_loader(*a, **k))) or wrapped[-1])
     wrong = run_finetune(finetune_config("swin_distill", mnist012, tmp_path / "wrong", uri, *small))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from vitssl.config import ConfigError
-from vitssl.engine.builders import fill_deepspeed_config
+from vitssl.engine.deepspeed_config import fill_deepspeed_config
 
 
 def accelerate_default() -> dict:

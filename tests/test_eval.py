@@ -13,7 +13,7 @@ from vitssl.data import load_split_tensors
 from vitssl.engine.finetune import layer_decay_scales, set_drop_path
 from vitssl.eval import classification_report, knn_predict, split_features, standardise, train_linear_probe
 from vitssl.eval.plots import confusion_figure, embedding_figure, project
-from vitssl.models import CNN, CNNArgs, ViT, ViTArgs
+from vitssl.models import CNN, ViT, ViTOptions
 from vitssl.tracking.plots import close
 
 # Three classes on three directions; cosine similarity ignores the lengths.
@@ -70,8 +70,7 @@ def test_standardise_uses_train_statistics_only():
 
 def tiny_encoder(frames: int = 1) -> ViT:
     torch.manual_seed(0)
-    return ViT(ViTArgs(img_size=28, patch_size=7, embed_dim=32, depth=2, num_heads=2, dropout=0.1,
-                       frames=frames, tubelet=1))
+    return ViT(ViTOptions(patch_size=7, embed_dim=32, depth=2, num_heads=2, dropout=0.1, frames=frames, tubelet=1))
 
 
 @pytest.mark.parametrize("frames", [1, 3])
@@ -113,10 +112,10 @@ def test_layer_decay_scales_follow_depth():
 def test_layer_decay_and_drop_path_on_an_encoder_without_them_are_clear_errors():
     """The config catches these for scratch; a pretrained encoder's architecture is known only here."""
     with pytest.raises(ConfigError, match="finetune.layer_decay needs an encoder with layer ids; CNN has none"):
-        layer_decay_scales(CNN(CNNArgs()), 0.75)
+        layer_decay_scales(CNN(), 0.75)
     with pytest.raises(ConfigError, match="finetune.drop_path needs an encoder with residual blocks to drop; "
                                           "CNN has none"):
-        set_drop_path(CNN(CNNArgs()), 0.1)
+        set_drop_path(CNN(), 0.1)
     enc = tiny_encoder()
     set_drop_path(enc, 0.2)
     assert [b.drop_path.p for b in enc.blocks] == [0.0, 0.2]

@@ -19,7 +19,7 @@ from vitssl.engine import finetune as engine
 from vitssl.engine.finetune import run_finetune
 from vitssl.engine.pretrain import run_pretrain
 from vitssl.engine.pretrained import PretrainedError, build_encoder, load_encoder, resolve_pretrained
-from vitssl.models import ViT, ViTArgs
+from vitssl.models import ViT, ViTOptions
 from vitssl.objectives.classify import Classify, ClassifyOptions
 
 from launching import client, launch, metric
@@ -71,7 +71,7 @@ def test_handoff_loads_exactly_the_encoder_weights_and_a_new_head(pretrained):
     trained = load_file(str(ckpt / "model.safetensors"))  # the whole MAE objective, as accelerate saved it
     cfg = ft_config(pretrained, Path("unused"), f"finetune.pretrained={ckpt}")
     encoder = build_encoder(cfg, resolve_pretrained(cfg.finetune.pretrained, pretrained["uri"]))
-    assert encoder.args == ViTArgs(**saved["args"]) and len(encoder.blocks) == 2
+    assert encoder.options == ViTOptions(**saved["model"]) and len(encoder.blocks) == 2
     model = Classify(encoder, ClassifyOptions(num_classes=3))
     state = model.state_dict()
     encoder_keys = {k for k in state if k.startswith("encoder.")}
@@ -101,7 +101,7 @@ def test_wrong_pretrained_is_a_clear_error(pretrained, tmp_path):
     other = tmp_path / "other"
     shutil.copytree(pretrained["checkpoint"], other)
     export = torch.load(other / "encoder.pt", weights_only=True)
-    export["state_dict"] = ViT(ViTArgs(embed_dim=32, depth=3, num_heads=4)).state_dict()
+    export["state_dict"] = ViT(ViTOptions(embed_dim=32, depth=3, num_heads=4)).state_dict()
     torch.save(export, other / "encoder.pt")
     with pytest.raises(PretrainedError) as err:
         load_encoder(resolve_pretrained(str(other), uri).folder)
@@ -198,7 +198,7 @@ def test_probe_head_start_is_the_linear_probe_folded_into_the_head(mnist012):
 
     cfg = load_config(FinetuneConfig, FINETUNE, [f"data.shards={mnist012}", "finetune.head_init=probe"])
     torch.manual_seed(0)
-    model = Classify(ViT(ViTArgs(depth=2)), ClassifyOptions(num_classes=3))
+    model = Classify(ViT(ViTOptions(depth=2)), ClassifyOptions(num_classes=3))
     accelerator = Accelerator(cpu=True)
     engine._start_from_probe(SimpleNamespace(accelerator=accelerator), cfg, model)
     features, labels = split_features(accelerator, model.encoder, str(mnist012), "train", 256)

@@ -21,7 +21,16 @@ from vitssl.export.pos_embed import LEARNED, MAE_SINCOS, VITSSL_SINCOS, table_ki
 from vitssl.export.resize import fit_to_data
 from vitssl.export.timm_layout import NoTimmEquivalent
 from vitssl.export.write import verify_with_timm, write_folder
-from vitssl.models import CNN, Swin, SwinArgs, ViT, ViTArgs, encoder_export, encoder_from_export
+from vitssl.models import (
+    CNN,
+    CNNOptions,
+    Swin,
+    SwinOptions,
+    ViT,
+    ViTOptions,
+    encoder_export,
+    encoder_from_export,
+)
 from vitssl.models.layers import sincos_pos_embed
 from vitssl.objectives import build_objective
 
@@ -56,12 +65,12 @@ def classifier_export(encoder, num_classes: int = 3, pool: str = "cls") -> dict:
 
 
 EXPORTS = {
-    "vit-sincos-cls": lambda: encoder_export(randomised(ViT(ViTArgs(depth=2)))),
-    "vit-learned-mean": lambda: encoder_export(randomised(ViT(ViTArgs(depth=2, cls_token=False, pos_embed="learned")))),
-    "vit-classifier": lambda: classifier_export(randomised(ViT(ViTArgs(depth=2)))),
-    "vit-classifier-mean-pool": lambda: classifier_export(randomised(ViT(ViTArgs(depth=2))), pool="mean"),
-    "swin": lambda: encoder_export(randomised(Swin(SwinArgs()))),
-    "swin-classifier": lambda: classifier_export(randomised(Swin(SwinArgs(patch_size=4)))),
+    "vit-sincos-cls": lambda: encoder_export(randomised(ViT(ViTOptions(depth=2)))),
+    "vit-learned-mean": lambda: encoder_export(randomised(ViT(ViTOptions(depth=2, cls_token=False, pos_embed="learned")))),
+    "vit-classifier": lambda: classifier_export(randomised(ViT(ViTOptions(depth=2)))),
+    "vit-classifier-mean-pool": lambda: classifier_export(randomised(ViT(ViTOptions(depth=2))), pool="mean"),
+    "swin": lambda: encoder_export(randomised(Swin(SwinOptions()))),
+    "swin-classifier": lambda: classifier_export(randomised(Swin(SwinOptions(patch_size=4)))),
 }
 
 
@@ -73,7 +82,7 @@ def test_exported_folder_loads_in_timm_alone_with_equal_outputs(name, tmp_path):
     assert verify_with_timm(export, written.folder) <= 1e-5
     config = json.loads((written.folder / "config.json").read_text())
     assert set(config) >= {"architecture", "num_classes", "model_args", "pretrained_cfg"}
-    assert config["pretrained_cfg"]["input_size"] == [export["args"]["in_chans"], 28, 28]
+    assert config["pretrained_cfg"]["input_size"] == [export["channels"], 28, 28]
     classes = 3 if "head" in export else 0
     assert config["num_classes"] == classes and config.get("label_names", ["zero", "one", "two"]) == ["zero", "one", "two"]
     # the other documented way: the timm name, its arguments, its pretrained_cfg (num_classes: the head is
@@ -90,7 +99,7 @@ def test_exported_folder_loads_in_timm_alone_with_equal_outputs(name, tmp_path):
 
 
 def test_config_json_is_what_timms_own_hub_export_writes(tmp_path):
-    export = classifier_export(randomised(ViT(ViTArgs(depth=1))))
+    export = classifier_export(randomised(ViT(ViTOptions(depth=1))))
     write_folder(export, tmp_path / "ours", label_names=["a", "b", "c"])
     ours = json.loads((tmp_path / "ours" / "config.json").read_text())
     model = timm.create_model(ours["architecture"], pretrained=False, pretrained_cfg=ours["pretrained_cfg"],
@@ -101,7 +110,7 @@ def test_config_json_is_what_timms_own_hub_export_writes(tmp_path):
 
 
 def test_the_exported_position_table_is_the_actual_one_and_differs_from_mae(tmp_path):
-    export = encoder_export(randomised(ViT(ViTArgs(depth=1))))
+    export = encoder_export(randomised(ViT(ViTOptions(depth=1))))
     from safetensors.torch import load_file
 
     write_folder(export, tmp_path / "t")
@@ -114,19 +123,13 @@ def test_the_exported_position_table_is_the_actual_one_and_differs_from_mae(tmp_
 
 
 def test_encoders_without_a_timm_equivalent_say_so_in_one_line(tmp_path):
-    for encoder, words in ((CNN(CNN.args_from_config(*_cnn_sections())), "cnn encoder has no timm equivalent"),
-                           (ViT(ViTArgs(frames=4, tubelet=2, depth=1)), "clip ViT"),
-                           (Swin(SwinArgs(window_size=5)), "does not divide its token grid")):
+    for encoder, words in ((CNN(CNNOptions()), "cnn encoder has no timm equivalent"),
+                           (ViT(ViTOptions(frames=4, tubelet=2, depth=1)), "clip ViT"),
+                           (Swin(SwinOptions(swin_window=5)), "does not divide its token grid")):
         with pytest.raises(NoTimmEquivalent, match=words) as err:
             write_folder(encoder_export(encoder), tmp_path / "x")
         assert "\n" not in str(err.value)
         assert not (tmp_path / "x").exists()  # nothing half-written
-
-
-def _cnn_sections():
-    from vitssl.config import DataConfig, ModelConfig
-
-    return ModelConfig(arch="cnn"), DataConfig()
 
 
 def ft_config(spec: str, *overrides: str) -> FinetuneConfig:
@@ -153,7 +156,7 @@ def test_a_timm_vit_file_and_an_exported_folder_come_back_as_the_same_function(t
         assert any("head ignored" in ln for ln in lines)
 
     # our export, written as a timm folder and read back: our own fixed sin-cos again, same outputs
-    ours = randomised(ViT(ViTArgs(depth=2)))
+    ours = randomised(ViT(ViTOptions(depth=2)))
     write_folder(encoder_export(ours), tmp_path / "folder")
     cfg = ft_config(str(tmp_path / "folder"), "model.num_heads=8")  # the folder's config.json says 4
     with pytest.raises(PretrainedError, match=r"model.num_heads 8 \(weights: 4\)") as err:
@@ -161,7 +164,7 @@ def test_a_timm_vit_file_and_an_exported_folder_come_back_as_the_same_function(t
     assert "\n" not in str(err.value)
     cfg = ft_config(str(tmp_path / "folder"))
     back = build_encoder(cfg, resolve_pretrained(cfg.finetune.pretrained, None, cfg.model)).eval()
-    assert back.args.pos_embed == "sincos"
+    assert back.options.pos_embed == "sincos"
     with torch.no_grad():
         assert torch.equal(back(x), ours(x))
 
@@ -183,8 +186,8 @@ def test_a_timm_model_name_loads_from_the_local_cache_only(tmp_path, monkeypatch
     model = randomised(timm.create_model("vit_tiny_patch16_224", pretrained=False))
     save_file(model.state_dict(), str(snapshot / "model.safetensors"))
     found = resolve_pretrained(name, None)
-    a = found.export["args"]
-    assert (a["embed_dim"], a["depth"], a["num_heads"], a["patch_size"], a["img_size"]) == (192, 12, 3, 16, 224)
+    o = found.export["model"]
+    assert (o["embed_dim"], o["depth"], o["num_heads"], o["patch_size"], found.export["image_size"]) == (192, 12, 3, 16, 224)
     encoder = encoder_from_export(found.export).eval()
     encoder.load_state_dict(found.export["state_dict"])
     x = torch.rand(1, 3, 224, 224)
@@ -193,7 +196,7 @@ def test_a_timm_model_name_loads_from_the_local_cache_only(tmp_path, monkeypatch
 
 
 def learned_vit_export(img_size: int, patch: int) -> dict:
-    vit = randomised(ViT(ViTArgs(img_size=img_size, patch_size=patch, depth=1, pos_embed="learned")))
+    vit = randomised(ViT(ViTOptions(patch_size=patch, depth=1, pos_embed="learned"), img_size))
     return encoder_export(vit)
 
 
@@ -213,7 +216,7 @@ def test_position_embeddings_fit_another_image_size(old, new, patch, tmp_path):
     with torch.no_grad():
         assert (timm_new(x) - encoder.eval()(x)).abs().max() <= 1e-5
 
-    sincos = encoder_export(ViT(ViTArgs(img_size=old, patch_size=patch, depth=1)))
+    sincos = encoder_export(ViT(ViTOptions(patch_size=patch, depth=1), old))
     fitted, notes = fit_to_data(sincos, new, 1, "src")
     assert notes[0].startswith("position embedding: fixed sin-cos recomputed")
     encoder = encoder_from_export(fitted)
@@ -225,15 +228,28 @@ def test_position_embeddings_fit_another_image_size(old, new, patch, tmp_path):
     assert all(torch.equal(same["state_dict"][k], v) for k, v in learned["state_dict"].items())
 
 
+def test_an_export_in_the_argument_layout_is_read_and_fitted_into_the_options_layout(tmp_path):
+    vit = randomised(ViT(ViTOptions(depth=1, pos_embed="learned")))
+    o = vit.options
+    args = dict(img_size=28, patch_size=o.patch_size, in_chans=1, embed_dim=o.embed_dim, depth=1,
+                num_heads=o.num_heads, mlp_ratio=o.mlp_ratio, cls_token=True, pos_embed="learned")
+    legacy = {"args": args, "state_dict": encoder_export(vit)["state_dict"], "objective": "mae"}
+    write_folder(legacy, tmp_path / "t")
+    assert verify_with_timm(legacy, tmp_path / "t") <= 1e-5
+    fitted, notes = fit_to_data(legacy, 56, 1, "src")
+    assert "args" not in fitted and fitted["model"]["pos_embed"] == "learned" and fitted["image_size"] == 56
+    assert notes[0].startswith("position embedding: learned, resampled bicubically for the 4x4 -> 8x8")
+
+
 def test_fine_tune_at_224_from_a_64_px_encoder(tmp_path):
-    vit = randomised(ViT(ViTArgs(img_size=64, patch_size=16, depth=1, in_chans=3)))
+    vit = randomised(ViT(ViTOptions(patch_size=16, depth=1), 64, 3))
     folder = tmp_path / "ckpt"
     folder.mkdir()
     torch.save(encoder_export(vit) | {"objective": "mae"}, folder / "encoder.pt")
     cfg = ft_config(str(folder), "data.image_size=224", "data.channels=1")
     lines: list[str] = []
     encoder = build_encoder(cfg, resolve_pretrained(str(folder), None), lines.append)
-    assert encoder.args.img_size == 224 and encoder.args.in_chans == 1
+    assert (encoder.image_size, encoder.channels) == (224, 1)
     assert encoder(torch.rand(1, 1, 224, 224)).shape == (1, 64)
     assert any("fixed sin-cos recomputed for the 4x4 -> 14x14 patch grid" in ln for ln in lines)
     assert any("3 input channels summed for 1-channel data" in ln for ln in lines)
@@ -309,10 +325,11 @@ def test_an_mae_checkpoint_starts_mae_pretraining_with_its_decoder_and_tables(tm
     state = mae_checkpoint(tmp_path / "mae.pth")
     cfg = load_config(PretrainConfig, None, [f"data.shards={mnist012}", f"model.init={tmp_path / 'mae.pth'}",
                                              "objective.name=mae", "objective.decoder_heads=4", "model.depth=2",
-                                             "model.num_heads=4"])
+                                             "model.num_heads=4", "model.dropout=0.1"])
     lines: list[str] = []
     cfg, init = resolve_init(cfg, lines.append)
     assert (cfg.model.embed_dim, cfg.model.depth, cfg.model.pos_embed) == (64, 2, "learned")
+    assert cfg.model.dropout == 0.1  # the weights fix the sizes, not the run's regularisation
     assert (cfg.objective["decoder_dim"], cfg.objective["decoder_depth"]) == (32, 1)
     objective = build_objective(cfg)
     load_init(objective, init, lines.append)
@@ -329,7 +346,7 @@ def test_an_mae_checkpoint_starts_mae_pretraining_with_its_decoder_and_tables(tm
     assert not any(k.startswith("decoder") for k in encoder.state_dict())
     # without a config to say, heads 64 wide are assumed (timm's and mae's ViTs), and the log says so
     alone = resolve_pretrained(str(tmp_path / "mae.pth"), None).export
-    assert alone["args"]["num_heads"] == 1 and any("num_heads 1 assumed" in n for n in alone["notes"])
+    assert alone["model"]["num_heads"] == 1 and any("num_heads 1 assumed" in n for n in alone["notes"])
     # a config that contradicts the weights: one line listing the keys
     bad = load_config(PretrainConfig, None, [f"data.shards={mnist012}", f"model.init={tmp_path / 'mae.pth'}",
                                              "model.embed_dim=32", "objective.name=mae", "objective.decoder_dim=64"])
@@ -370,7 +387,7 @@ def test_timm_file_fine_tunes_and_mae_checkpoint_continues_pretraining_end_to_en
     moved = (trained["decoder.embed.weight"] - state["decoder_embed.weight"]).abs().max()
     assert 0 < moved < 0.05  # two small steps from mae's decoder, not from a fresh one
     export = torch.load(fit.checkpoint / "encoder.pt", weights_only=True)
-    assert export["args"]["pos_embed"] == "learned" and export["config"]["model"]["init"] == str(tmp_path / "mae.pth")
+    assert export["model"]["pos_embed"] == "learned" and export["config"]["model"]["init"] == str(tmp_path / "mae.pth")
 
 
 @pytest.mark.slow

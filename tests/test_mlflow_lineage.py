@@ -19,7 +19,7 @@ from mlflow.entities import LoggedModelStatus
 from vitssl.config import load_config
 from vitssl.config.finetune import FinetuneConfig
 from vitssl.engine.pretrained import PretrainedError, build_encoder, resolve_pretrained
-from vitssl.models import encoder_export, make_encoder
+from vitssl.models import encoder_export, encoder_from_export, make_encoder
 from vitssl.tracking.encoder_model import log_encoder
 from vitssl.tracking.handoff import HandoffError, fetch_encoder, link_pretrained
 from vitssl.tracking.lineage import log_shard_inputs, source_tags
@@ -39,7 +39,7 @@ def store(tmp_path_factory):
     client = mlflow.MlflowClient(uri)
     exp = client.create_experiment("lineage", artifact_location=str(root / "artifacts"))
     torch.manual_seed(0)
-    export = encoder_export(make_encoder("vit", {"depth": 2})) | {"objective": "mae", "config": {"seed": 0}}
+    export = encoder_export(make_encoder("vit", depth=2)) | {"objective": "mae", "config": {"seed": 0}}
     run = client.create_run(exp, tags=source_tags({"vitssl.stage": "pretrain"}))
     logged = log_encoder(uri, run.info.run_id, export, step=3, register_as="lineage-encoder")
     client.set_registered_model_alias("lineage-encoder", "best", "1")
@@ -64,7 +64,7 @@ def test_every_uri_form_downloads_the_exact_export(store):
     for spec in specs:
         got = fetch_encoder(spec, s["uri"])
         assert same_weights(got.export["state_dict"], s["export"]["state_dict"]), spec
-        assert got.export["args"] == s["export"]["args"] and got.export["objective"] == "mae", spec
+        assert got.export["model"] == s["export"]["model"] and got.export["objective"] == "mae", spec
         assert (got.run_id, got.model_id, got.experiment) == (rid, s["logged"].model_id, "lineage"), spec
     assert not (s["root"] / "not-this-store.db").exists()
 
@@ -76,7 +76,7 @@ def test_the_logged_model_is_a_loadable_pytorch_model_of_the_encoder(store):
     outputs = s["client"].get_run(s["run_id"]).outputs.model_outputs
     assert [(o.model_id, o.step) for o in outputs] == [(s["logged"].model_id, 3)]
     loaded = mlflow.pytorch.load_model(model.artifact_location)  # the pt2 graph: no vitssl code needed
-    encoder = make_encoder("vit", s["export"]["args"])
+    encoder = encoder_from_export(s["export"])
     encoder.load_state_dict(s["export"]["state_dict"])
     x = torch.randn(5, 1, 28, 28)
     torch.testing.assert_close(loaded(x), encoder.eval()(x))
@@ -193,7 +193,7 @@ def test_an_encoder_that_does_not_fit_the_fine_tune_config_is_one_error_naming_t
     base = [f"data.shards={mnist012}", f"finetune.pretrained={spec}", f"run.output_dir={tmp_path / 'out'}"]
     for overrides, says in ((["data.image_size=32", "model.patch_size=8"], "data.image_size 32 is not divisible by "
                                                                            "the patch size 7 of the encoder"),
-                            (["model.arch=cnn"], "holds a vit encoder, the config asks for model.arch cnn")):
+                            (["model={arch: cnn}"], "holds a vit encoder, the config asks for model.arch cnn")):
         cfg = load_config(FinetuneConfig, FINETUNE, base + overrides)
         with pytest.raises(PretrainedError) as err:
             build_encoder(cfg, found)

@@ -26,7 +26,7 @@ pytestmark = pytest.mark.slow  # starts a server process
 def test_encoder_round_trips_through_a_proxying_server_and_an_outage_is_one_error(tmp_path, monkeypatch):
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")  # fail in seconds, not minutes, once it is down
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
-    export = encoder_export(make_encoder("cnn", {})) | {"objective": "simclr"}
+    export = encoder_export(make_encoder("cnn")) | {"objective": "simclr"}
     with mlflow_server(tmp_path / "server") as url:
         client = mlflow.MlflowClient(url)
         run = client.create_run(client.create_experiment("server-handoff"))

@@ -5,30 +5,31 @@ from pathlib import Path
 import pytest
 import torch
 
-from vitssl.models import ViT, ViTArgs
+from vitssl.models import ViT, ViTOptions
 from vitssl.models.layers import Attention, sincos_pos_embed
 from vitssl.models.masking import mask_from_noise, patchify, unpatchify
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.mark.parametrize("args, x_shape, tokens", [
-    (ViTArgs(), (2, 1, 28, 28), 16),
-    (ViTArgs(img_size=64, patch_size=8, in_chans=3, embed_dim=96, num_heads=3), (2, 3, 64, 64), 64),
-    (ViTArgs(frames=3, tubelet=1, pos_embed="learned"), (2, 1, 3, 28, 28), 48),
-    (ViTArgs(cls_token=False), (2, 1, 28, 28), 16),
+@pytest.mark.parametrize("options, x_shape, tokens", [
+    (ViTOptions(), (2, 1, 28, 28), 16),
+    (ViTOptions(patch_size=8, embed_dim=96, num_heads=3), (2, 3, 64, 64), 64),
+    (ViTOptions(frames=3, tubelet=1, pos_embed="learned"), (2, 1, 3, 28, 28), 48),
+    (ViTOptions(cls_token=False), (2, 1, 28, 28), 16),
 ])
-def test_vit_forward_backward(args, x_shape, tokens):
-    model = ViT(args)
+def test_vit_forward_backward(options, x_shape, tokens):
+    model = ViT(options, image_size=x_shape[-1], channels=x_shape[1])
+    assert model.input_shape == x_shape[1:]
     x = torch.rand(x_shape)
     feats = model.forward_features(x)
-    assert feats.shape == (2, tokens + int(args.cls_token), args.embed_dim)
+    assert feats.shape == (2, tokens + int(options.cls_token), options.embed_dim)
     model(x).sum().backward()
     assert all(p.grad is not None for p in model.parameters())
 
 
 def test_encoder_can_encode_a_subset_of_tokens():
-    model = ViT(ViTArgs())
+    model = ViT()
     tokens = model.embed(torch.rand(3, 1, 28, 28))
     assert model.encode(tokens[:, :4]).shape == (3, 5, 64)
 
@@ -71,7 +72,7 @@ def test_mask_has_exact_count_per_sample(ratio):
 
 def test_drop_path_rises_over_the_blocks_drops_per_sample_in_training_only():
     torch.manual_seed(0)
-    vit = ViT(ViTArgs(depth=4))
+    vit = ViT(ViTOptions(depth=4))
     x = torch.randn(1, 1, 28, 28).expand(64, -1, -1, -1)  # one image, 64 times
     vit.eval()
     plain = vit.forward_features(x)
@@ -92,5 +93,5 @@ def test_drop_path_on_an_encoder_without_blocks_is_a_clear_error():
     from vitssl.config.load import ConfigError
 
     with pytest.raises(ConfigError, match="finetune.drop_path needs an encoder with residual blocks to drop; "
-                                        "model.arch cnn has none"):
-        load_config(FinetuneConfig, ROOT / "configs/mnist012/finetune.yaml", ["model.arch=cnn", "finetune.drop_path=0.1"])
+                                        "model.arch cnn has none"):  # model={...}: a new model section
+        load_config(FinetuneConfig, ROOT / "configs/mnist012/finetune.yaml", ["model={arch: cnn}", "finetune.drop_path=0.1"])

@@ -169,5 +169,6 @@ def test_replay_never_logs_a_step_twice(tmp_path):
         spool.append(run_id, "log_metrics", {"metrics": {"loss": float(step)}, "step": step})
     spool.append(run_id, "end", {"status": "FINISHED"})
     assert spool.replay(MlflowRun(True, run.tracking_uri, "replay")) == run_id
-    assert steps(run._client, run_id) == [1, 2]
-    assert run._client.get_run(run_id).info.status == "FINISHED" and not spool
+    client = mlflow.MlflowClient(tracking_uri=run.tracking_uri)
+    assert steps(client, run_id) == [1, 2]
+    assert client.get_run(run_id).info.status == "FINISHED" and not spool

@@ -10,8 +10,9 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from vitssl.config.schema import DataConfig, ModelConfig, OptimConfig, RunConfig, Section
-from vitssl.data.augment import AffineOptions
+from vitssl.config.augment import AffineOptions
+from vitssl.config.schema import DataConfig, ModelConfig, OptimConfig, RunConfig, Section, check_model_fits
+from vitssl.models import DROP_PATH, LAYER_IDS, ViTOptions, encoder_spec
 
 
 class HeadOptions(Section, AffineOptions):
@@ -68,7 +69,7 @@ class FinetuneOptions(HeadOptions):
 
 class FinetuneConfig(Section):
     data: DataConfig = Field(default_factory=DataConfig)
-    model: ModelConfig = Field(default_factory=ModelConfig)
+    model: ModelConfig = Field(default_factory=ViTOptions)
     optim: OptimConfig = Field(default_factory=OptimConfig)
     run: RunConfig = Field(default_factory=RunConfig)
     finetune: FinetuneOptions = Field(default_factory=FinetuneOptions)
@@ -84,17 +85,12 @@ class FinetuneConfig(Section):
             raise ValueError("finetune.teacher (distillation) needs finetune.mode finetune and no Mixup "
                              f"(got mode {ft.mode}, mixup_alpha {ft.mixup_alpha})")
         if ft.pretrained == "none":
-            self.model.check_fits(self.data)
-        if ft.layer_decay and ft.pretrained == "none":
-            from vitssl.models import LAYER_IDS, encoder_spec
-
-            if LAYER_IDS not in encoder_spec(self.model.arch).capabilities:
+            check_model_fits(self.model, self.data)
+            capabilities = encoder_spec(self.model.arch).capabilities
+            if ft.layer_decay and LAYER_IDS not in capabilities:
                 raise ValueError(f"finetune.layer_decay needs an encoder with layer ids; model.arch "
                                  f"{self.model.arch} has none")
-        if ft.drop_path and ft.pretrained == "none":
-            from vitssl.models import DROP_PATH, encoder_spec
-
-            if DROP_PATH not in encoder_spec(self.model.arch).capabilities:
+            if ft.drop_path and DROP_PATH not in capabilities:
                 raise ValueError(f"finetune.drop_path needs an encoder with residual blocks to drop; "
                                  f"model.arch {self.model.arch} has none (use 0)")
         return self

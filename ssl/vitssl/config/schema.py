@@ -1,13 +1,24 @@
 """Typed run configuration: defaults <- YAML file <- dotted command-line overrides.
 
 Every section forbids unknown keys, so a typo is an error naming the key before any work starts.
-Objective options are validated by the objective's own schema (see vitssl.objectives).
+Objective options are validated by the objective's own schema (see vitssl.objectives), model options
+by the encoder's (see vitssl.models).
 """
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    SerializeAsAny,
+    field_validator,
+    model_validator,
+)
+
+from vitssl.models import EncoderOptions, ViTOptions, encoder_options
 
 
 class Section(BaseModel):
@@ -31,45 +42,14 @@ class DataConfig(Section):
                                 "batch; keep it fixed to resume on another world size); None: automatic")
 
 
-class ModelConfig(Section):
-    arch: str = Field("vit", description="encoder: one of vitssl.models.ENCODERS (vit, cnn, swin)")
-    patch_size: int = Field(7, gt=0, description="vit and swin")
-    embed_dim: int = Field(64, gt=0)
-    depth: int = Field(4, ge=1)
-    num_heads: int = Field(4, ge=1)
-    mlp_ratio: float = Field(4.0, gt=0)
-    dropout: float = Field(0.0, ge=0, lt=1)
-    attn_dropout: float = Field(0.0, ge=0, lt=1)
-    cls_token: bool = True
-    pos_embed: Literal["sincos", "learned"] = "sincos"
-    frames: int = Field(1, ge=1, description="clip length; 1 = images")
-    tubelet: int = Field(1, ge=1, description="frames per tubelet")
-    cnn_channels: list[int] = Field([32, 64, 128], min_length=1, description="cnn: width of each conv stage")
-    cnn_groups: int = Field(8, ge=1, description="cnn: GroupNorm groups")
-    swin_window: int = Field(7, ge=1, description="swin: attention window (tokens per side)")
-    init: str = Field("none", description="pretraining: start from these weights (what finetune.pretrained "
-                                          "accepts, timm / mae files and cached timm names included); none")
+# `model:` is the options of the architecture its `arch` names (default vit): each architecture
+# declares them, with their rules, in its own file (vitssl.models.vit.ViTOptions, ...).
+ModelConfig = Annotated[SerializeAsAny[EncoderOptions], BeforeValidator(encoder_options)]
 
-    @model_validator(mode="after")
-    def _arch(self) -> ModelConfig:
-        from vitssl.models import ENCODERS
 
-        if self.arch not in ENCODERS:
-            raise ValueError(f"model.arch {self.arch!r} is not one of {sorted(ENCODERS)}")
-        # A key another architecture owns may be written out (a saved config holds every key) but
-        # must keep its default: a changed value would be silently ignored.
-        for arch, spec in ENCODERS.items():
-            stray = [k for k in spec.own_keys if arch != self.arch
-                     and getattr(self, k) != type(self).model_fields[k].get_default(call_default_factory=True)]
-            if stray:
-                raise ValueError(f"model.{stray[0]} applies to model.arch {arch}, not {self.arch}")
-        return self
-
-    def check_fits(self, data: DataConfig) -> None:
-        """The architecture's own rules for these model and data sections (ValueError naming the key)."""
-        from vitssl.models import encoder_spec
-
-        encoder_spec(self.arch).args_from_config(self, data)
+def check_model_fits(model: EncoderOptions, data: DataConfig) -> None:
+    """The architecture's rules that need the data section (ValueError naming the keys)."""
+    model.check_data(data.image_size, data.channels)
 
 
 class OptimConfig(Section):
@@ -120,14 +100,14 @@ class RunConfig(Section):
 
 class PretrainConfig(Section):
     data: DataConfig = Field(default_factory=DataConfig)
-    model: ModelConfig = Field(default_factory=ModelConfig)
+    model: ModelConfig = Field(default_factory=ViTOptions)
     objective: dict[str, Any] = Field(default_factory=lambda: {"name": "mae"})
     optim: OptimConfig = Field(default_factory=OptimConfig)
     run: RunConfig = Field(default_factory=RunConfig)
 
     @model_validator(mode="after")
     def _consistent(self) -> PretrainConfig:
-        self.model.check_fits(self.data)
+        check_model_fits(self.model, self.data)
         if "name" not in self.objective:
             raise ValueError("objective.name is required (e.g. mae, infonce, mae_infonce, video_mae)")
         return self

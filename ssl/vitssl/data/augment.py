@@ -10,7 +10,6 @@ import math
 from typing import Callable
 
 import torch
-from pydantic import BaseModel, Field, field_validator
 from torch.nn import functional as F
 from torchvision.transforms import v2
 
@@ -79,25 +78,10 @@ class RandomAffine:
         return sample
 
 
-class AffineOptions(BaseModel):
-    """The small random affine of training digits, as options: declared once, used by fine-tuning
-    (`finetune.augment*`) and by the masked-reconstruction objectives (`objective.augment*`)."""
-
-    augment: bool = Field(False, description="small random affine on training digits")
-    augment_degrees: float = Field(10.0, ge=0)
-    augment_translate: float = Field(0.1, ge=0, lt=1, description="fraction of the image size")
-    augment_scale: tuple[float, float] = (0.9, 1.1)
-
-    @field_validator("augment_scale")
-    @classmethod
-    def _scale(cls, scale: tuple[float, float]) -> tuple[float, float]:
-        if not 0 < scale[0] <= scale[1]:
-            raise ValueError(f"augment_scale must be 0 < low <= high, got {scale}")
-        return scale
-
-    def affine(self) -> RandomAffine | None:
-        """The transform these options describe; None when `augment` is off."""
-        return RandomAffine(self.augment_degrees, self.augment_translate, self.augment_scale) if self.augment else None
+def affine_transform(options) -> RandomAffine | None:
+    """The transform `options` (vitssl.config.augment.AffineOptions) describe; None when `augment` is off."""
+    o = options
+    return RandomAffine(o.augment_degrees, o.augment_translate, o.augment_scale) if o.augment else None
 
 
 class Chain:

@@ -1,6 +1,6 @@
 """Clips from still images: the inputs of video objectives on image shards.
 
-repeat_clip: the image repeated over time (the seeds' mock video; also how a clip encoder is
+repeat_clip: the image repeated over time (a still clip; also how a clip encoder is
     fine-tuned or probed on single images).
 MovingClip: a per-sample transform; the digit translates and rotates smoothly across the frames
     with a random velocity and angular speed drawn from torch's (per-sample seeded) RNG.

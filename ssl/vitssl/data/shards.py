@@ -36,16 +36,17 @@ IMAGE_EXTS = ("png", "jpg", "jpeg", "webp")
 
 
 def _decode_raw(sample: dict) -> tuple[torch.Tensor, int]:
-    """Raw ``{"__key__", "png"|"jpg"|...: bytes, "cls": bytes}`` -> (uint8 image (C, H, W), label)."""
+    """Raw ``{"__key__", "png"|"jpg"|...: bytes[, "cls": bytes]}`` -> (uint8 image (C, H, W), label);
+    label -1 without a .cls (label-free objectives read none; vitssl.data.checks stops the others)."""
     ext = next((e for e in IMAGE_EXTS if e in sample), None)
-    if ext is None or "cls" not in sample:
+    if ext is None:
         raise DataError(f"sample {sample.get('__key__')!r} has members {sorted(k for k in sample if k[:2] != '__')}: "
-                        f"expected an image ({', '.join(IMAGE_EXTS)}) and a .cls label")
+                        f"expected an image ({', '.join(IMAGE_EXTS)})")
     # torchvision's decoder is about twice as fast as PIL's on small images. Tiny ImageNet has some
     # grayscale JPEGs among the colour ones; PNG shards are grayscale throughout.
     mode = ImageReadMode.UNCHANGED if ext == "png" else ImageReadMode.RGB
     image = decode_image(torch.frombuffer(bytearray(sample[ext]), dtype=torch.uint8), mode=mode)
-    return image, int(sample["cls"])
+    return image, int(sample["cls"]) if "cls" in sample else -1
 
 
 def decode_sample(sample: dict) -> dict:

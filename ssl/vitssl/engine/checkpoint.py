@@ -19,6 +19,8 @@ from accelerate import Accelerator
 from accelerate.utils import DistributedType
 from safetensors import SafetensorError
 
+from vitssl.messages import first_line
+
 PREFIX = "checkpoint-"
 TRAINER_STATE = "trainer_state.json"
 ENCODER_FILE = "encoder.pt"
@@ -67,7 +69,7 @@ def save_checkpoint(accelerator: Accelerator, root: Path, step: int, trainer_sta
         shutil.rmtree(tmp, ignore_errors=True)
         last = latest_checkpoint(root)
         raise CheckpointWriteError(
-            f"writing checkpoint {step} into {root} failed ({str(err).splitlines()[0][:160]}); the partial folder "
+            f"writing checkpoint {step} into {root} failed ({first_line(err, 160)}); the partial folder "
             f"was removed, the last complete one is {last.name if last else 'none'}: free space and run the "
             "same command to resume") from None
     accelerator.wait_for_everyone()

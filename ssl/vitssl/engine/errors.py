@@ -10,7 +10,7 @@ from typing import Callable, TypeVar
 
 from vitssl.config import ConfigError
 from vitssl.data import DataError
-from vitssl.engine.builders import LaunchError
+from vitssl.engine.accelerator import LaunchError
 from vitssl.engine.checkpoint import CheckpointWriteError
 from vitssl.engine.lock import RunFolderBusy
 from vitssl.tracking.buffered import TrackingUnavailable

@@ -16,9 +16,9 @@ import torch
 
 from vitssl.config import ConfigError
 from vitssl.config.finetune import FinetuneConfig
-from vitssl.engine.builders import gathered_parameters
 from vitssl.engine.pretrained import Pretrained, build_encoder, load_teacher, resolve_pretrained
 from vitssl.engine.run import RunSession
+from vitssl.engine.zero_gather import gathered_parameters
 from vitssl.eval import knn_predict, split_features, standardise, stream_split, train_linear_probe
 from vitssl.eval.embeddings import feature_stats
 from vitssl.eval.report import SplitPredictions, report

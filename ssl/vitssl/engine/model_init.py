@@ -12,15 +12,7 @@ from typing import Callable
 import torch
 
 from vitssl.engine.pretrained import PretrainedError, fit_export, load_encoder_weights, resolve_pretrained
-
-# ViT / Swin / CNN constructor argument -> the model.* key that sets it
-MODEL_KEYS = {"vit": {"patch_size": "patch_size", "embed_dim": "embed_dim", "depth": "depth", "num_heads": "num_heads",
-                      "mlp_ratio": "mlp_ratio", "cls_token": "cls_token", "pos_embed": "pos_embed", "frames": "frames",
-                      "tubelet": "tubelet"},
-              "swin": {"patch_size": "patch_size", "embed_dim": "embed_dim", "depth": "depth",
-                       "num_heads": "num_heads", "mlp_ratio": "mlp_ratio", "window_size": "swin_window"},
-              "cnn": {"channels": "cnn_channels", "groups": "cnn_groups"}}
-DECODER_KEYS = {"dim": "decoder_dim", "depth": "decoder_depth"}
+from vitssl.models import export_options
 
 
 @dataclass
@@ -39,18 +31,19 @@ def resolve_init(cfg, say: Callable[[str], None] = print):
         return cfg, None
     found = resolve_pretrained(spec, cfg.run.tracking_uri, cfg.model, key="model.init", check_model=False)
     export = fit_export(found.export, cfg.data, found.source, say)
-    arch, args = export.get("arch", "vit"), export["args"]
-    model = {m: args[a] for a, m in MODEL_KEYS[arch].items() if a in args} | {"arch": arch}
-    objective = {DECODER_KEYS[k]: v for k, v in export.get("decoder_args", {}).items()}
+    options = export_options(export)[0]
+    weights, objective = options.weight_options(), export.get("decoder_options", {})
     given_model, given_objective = cfg.model.model_fields_set, set(cfg.objective)
-    wrong = [f"model.{k} {getattr(cfg.model, k)} (weights: {v})" for k, v in model.items()
+    wrong = [f"model.{k} {getattr(cfg.model, k)} (weights: {v})" for k, v in weights.items()
              if k in given_model and getattr(cfg.model, k) != v]
     wrong += [f"objective.{k} {cfg.objective[k]} (weights: {v})" for k, v in objective.items()
               if k in given_objective and cfg.objective[k] != v]
     if wrong:
         raise PretrainedError(f"model.init={spec!r}: the config contradicts the weights: {'; '.join(wrong)} (set "
                               f"these keys to the weights' values or remove them)")
-    raw = cfg.model_dump() | {"model": cfg.model.model_dump() | model, "objective": cfg.objective | objective}
+    # the weights fix the architecture; the run keeps its own run options (model.init, dropout, ...)
+    run = {k: v for k, v in cfg.model.model_dump(mode="json").items() if k in options.run_options}
+    raw = cfg.model_dump() | {"model": run | weights, "objective": cfg.objective | objective}
     from vitssl.config.load import build_config
 
     return build_config(type(cfg), raw, f"model.init={spec}"), Init(export, found.source)

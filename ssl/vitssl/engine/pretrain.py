@@ -5,7 +5,7 @@ import torch
 
 from vitssl.config import PretrainConfig
 from vitssl.data import make_eval_loader
-from vitssl.engine.builders import build_accelerator
+from vitssl.engine.accelerator import build_accelerator
 from vitssl.engine.checkpoint import ENCODER_FILE
 from vitssl.engine.model_init import load_init, resolve_init
 from vitssl.engine.run import RunSession

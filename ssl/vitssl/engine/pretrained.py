@@ -24,7 +24,7 @@ from vitssl.config.finetune import FinetuneConfig
 from vitssl.engine.checkpoint import ENCODER_FILE, TRAINER_STATE, latest_checkpoint
 from vitssl.export.foreign import WeightsError, read_foreign
 from vitssl.export.resize import fit_to_data
-from vitssl.models import encoder_from_config, encoder_from_export
+from vitssl.models import EncoderOptions, encoder_from_config, encoder_from_export, export_options
 from vitssl.objectives.distill import FrozenClassifier
 from vitssl.tracking import resolve_tracking_uri
 from vitssl.tracking.handoff import Handoff, HandoffError, fetch_encoder, is_mlflow_reference
@@ -138,6 +138,14 @@ def load_encoder(folder: Path) -> tuple[torch.nn.Module, dict]:
     return rebuild_encoder(export, str(folder / ENCODER_FILE)), export
 
 
+def export_options_of(export: dict, source: str) -> tuple[EncoderOptions, int, int]:
+    """(options, image size, channels) of an export; PretrainedError when it is not one."""
+    try:
+        return export_options(export)
+    except Exception as e:  # a missing key, an unknown arch or option: all mean "not an export"
+        raise PretrainedError(f"{source} is not a vitssl encoder export ({type(e).__name__}: {e})") from None
+
+
 def rebuild_encoder(export: dict, source: str) -> torch.nn.Module:
     try:
         encoder = encoder_from_export(export)
@@ -180,7 +188,7 @@ def build_encoder(cfg: FinetuneConfig, pretrained: Pretrained, say: Callable[[st
     if pretrained.scratch:
         return encoder_from_config(cfg.model, cfg.data)
     export = pretrained.export
-    arch = export.get("arch", "vit")
+    arch = export_options_of(export, export_source(pretrained))[0].arch
     if "arch" in cfg.model.model_fields_set and cfg.model.arch != arch:
         raise PretrainedError(f"finetune.pretrained={cfg.finetune.pretrained!r}: {pretrained.source} holds a {arch} "
                               f"encoder, the config asks for model.arch {cfg.model.arch} (drop model.arch: a "

@@ -19,7 +19,8 @@ from accelerate import Accelerator
 from accelerate.utils import DistributedType, set_seed
 
 from vitssl.config import ConfigError, flatten, to_yaml
-from vitssl.engine.builders import build_accelerator, build_optimizer
+from vitssl.data.checks import check_run_data
+from vitssl.engine.accelerator import build_accelerator
 from vitssl.engine.checkpoint import (
     CONFIG_FILE,
     TRAINER_STATE,
@@ -28,6 +29,7 @@ from vitssl.engine.checkpoint import (
     remove_partial,
 )
 from vitssl.engine.lock import lock_run_folder
+from vitssl.engine.optimizer import build_optimizer
 from vitssl.engine.plan import TrainingPlan, make_training_plan
 from vitssl.engine.trainer import FitResult, Trainer, TrainerOptions
 from vitssl.tracking.buffered import BufferedRun
@@ -85,6 +87,7 @@ class RunSession:
         return self.accelerator.is_main_process
 
     def __enter__(self) -> RunSession:
+        check_run_data(self.cfg)  # labels, channels and image size against the config: one line, before any step
         self.resume = resume_folder(self.cfg, self.out_dir)  # a bad run.resume fails before anything is written
         self.lock = lock_run_folder(self.accelerator, self.out_dir)  # one owner per folder, before any write
         if self.is_main:

@@ -23,12 +23,14 @@ from accelerate import Accelerator
 from accelerate.utils import DistributedType
 from tqdm.auto import tqdm
 
-from vitssl.engine.builders import cast_float_buffers, gathered_parameters, model_dtype, to_model_input
+from vitssl.engine.batches import to_model_input
 from vitssl.engine.checkpoint import Checkpointer, load_checkpoint
 from vitssl.engine.lifetime import stop_watching_parent
 from vitssl.engine.plan import TrainingPlan, set_lr
+from vitssl.engine.precision import cast_float_buffers, model_dtype
+from vitssl.engine.zero_gather import gathered_parameters
 from vitssl.tracking import MlflowRun
-from vitssl.tracking.plots import close, curve_figure
+from vitssl.tracking.plots import close, curve_figure, draw
 
 
 class NonFiniteLossError(RuntimeError):
@@ -314,10 +316,11 @@ class Trainer:
         with gathered_parameters(acc, model), acc.autocast():
             figures = model.figures(batch)
         model.train(was_training)
-        for name, fig in figures.items():
+        for name, rows in figures.items():
             if acc.is_main_process:
+                fig = draw(rows)
                 self.tracker.log_figure(fig, f"figures/epoch_{epoch:03d}_{name}")
-            close(fig)
+                close(fig)
 
     def log_curves(self) -> None:
         if not self.accelerator.is_main_process:

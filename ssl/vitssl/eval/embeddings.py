@@ -8,7 +8,7 @@ from accelerate import Accelerator
 from accelerate.utils import gather_object
 
 from vitssl.data import make_eval_loader
-from vitssl.objectives.classify import pooled
+from vitssl.models import Encoder
 
 
 @torch.no_grad()
@@ -33,12 +33,12 @@ def stream_split(accelerator: Accelerator, shards: str, split: str, batch_size: 
     return {k: v[order] for k, v in merged.items()}
 
 
-def split_features(accelerator: Accelerator, encoder: torch.nn.Module, shards: str, split: str, batch_size: int,
+def split_features(accelerator: Accelerator, encoder: Encoder, shards: str, split: str, batch_size: int,
                    pool: str = "cls", check_sha: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """Pooled embeddings (N, D) and labels (N,) of a split; the encoder's train/eval mode is restored."""
     was_training = encoder.training
     encoder.eval()
-    out = stream_split(accelerator, shards, split, batch_size, lambda x: {"features": pooled(encoder, x, pool)},
+    out = stream_split(accelerator, shards, split, batch_size, lambda x: {"features": encoder.embed_images(x, pool)},
                        check_sha)
     encoder.train(was_training)
     return out["features"], out["label"]

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from vitssl.export.timm_layout import TimmModel
+from vitssl.models import export_options
 
 HARDWARE_TAGS = ("device", "world_size", "precision", "distributed_type", "torch")
 
@@ -107,6 +108,7 @@ def _table(rows: list[list[str]]) -> str:
 
 
 def model_card(export: dict, tm: TimmModel, facts: RunFacts) -> str:
+    options, size, chans = export_options(export)
     config = export.get("config") or {}
     objective = config.get("objective") or {"name": export.get("objective", "unknown")}
     classifier = "head" in export
@@ -116,11 +118,11 @@ def model_card(export: dict, tm: TimmModel, facts: RunFacts) -> str:
              f"pipeline_tag: {'image-classification' if classifier else 'image-feature-extraction'}",
              "# license: choose the license of these weights (and check the training data's terms)", "---", "",
              f"# {name}", "",
-             f"A {export.get('arch', 'vit')} {kind} trained with vitssl "
+             f"A {options.arch} {kind} trained with vitssl "
              f"({'fine-tuned from a ' + str(export.get('pretrained_objective')) + ' encoder' if classifier else 'objective ' + str(objective.get('name'))}).",
              "", "## Use it", "", "```python", "import timm, torch",
              "model = timm.create_model('hf-hub:<user>/<repo>', pretrained=True).eval()  # or 'local-dir:<folder>'",
-             f"x = torch.rand(1, {export['args']['in_chans']}, {export['args']['img_size']}, {export['args']['img_size']})"
+             f"x = torch.rand(1, {chans}, {size}, {size})"
              "  # pixels in [0, 1]: mean 0, std 1",
              f"y = model(x)  # {'logits' if classifier else 'the pooled embedding'}", "```", "",
              "## Architecture", "", f"timm `{tm.architecture}` with:", "", "```json",

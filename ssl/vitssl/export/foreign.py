@@ -3,9 +3,9 @@ whose weights are already in the local Hugging Face cache, and facebookresearch/
 checkpoints ({'model': state_dict}, decoder_* keys kept for continued MAE pretraining).
 
 Nothing here runs code from a file: safetensors, or torch.load(weights_only=True). Nothing is
-downloaded. The result is the dict a vitssl `encoder.pt` holds (arch, args, state_dict) plus what
-the import found out ("notes", the position table's kind, mae's decoder), so the rest of the
-project treats imported weights like its own.
+downloaded. The result is the dict a vitssl `encoder.pt` holds (arch, options, input size, state_dict)
+plus what the import found out ("notes", the position table's kind, mae's decoder), so the rest of
+the project treats imported weights like its own.
 """
 from __future__ import annotations
 
@@ -22,6 +22,8 @@ from vitssl.export.vit_state import (
     vit_export,
     with_mae_decoder,
 )
+from vitssl.messages import first_line
+from vitssl.models import export_options
 
 WEIGHT_SUFFIXES = (".safetensors", ".pth", ".bin", ".pt", ".ckpt", ".tar")
 
@@ -39,18 +41,24 @@ def read_weights(path: Path, key: str) -> object:
         try:
             return load_file(str(path), device="cpu")
         except (SafetensorError, OSError, ValueError) as e:
-            raise WeightsError(f"{key}={str(path)!r} is not a readable safetensors file ({_first_line(e)})") from None
+            raise WeightsError(f"{key}={str(path)!r} is not a readable safetensors file ({first_line(e)})") from None
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # not a torch file, or one holding objects other than tensors
         raise WeightsError(f"{key}={str(path)!r} is not a weights-only checkpoint: torch.load(weights_only=True) "
-                           f"refused it ({_first_line(e)}); re-save just its state dict, or use a .safetensors "
+                           f"refused it ({first_line(e)}); re-save just its state dict, or use a .safetensors "
                            f"file") from None
 
 
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0][:160] if text else type(err).__name__
+def is_vitssl_export(obj: object) -> bool:
+    """Whether a loaded file is a vitssl encoder export (in any of its layouts)."""
+    if not isinstance(obj, dict) or "state_dict" not in obj:
+        return False
+    try:
+        export_options(obj)
+    except (KeyError, TypeError, ValueError):
+        return False
+    return True
 
 
 def _tensors(obj: object) -> bool:
@@ -135,14 +143,14 @@ def read_foreign(spec: str, model, key: str = "finetune.pretrained", check: bool
         except WeightsError:
             raise
         except Exception as e:
-            raise WeightsError(f"{key}={spec!r}: timm cannot build the model in this folder ({_first_line(e)})") from None
+            raise WeightsError(f"{key}={spec!r}: timm cannot build the model in this folder ({first_line(e)})") from None
         state, known = _timm_vit_state(built, spec, key)
         known |= {k: v for k, v in config.get("model_args", {}).items() if k not in known}
         export = vit_export(state, spec, "timm", known, model, key)
     elif is_weights_file(path) or (path.is_dir() and _lone_weights(path)):
         file = path if path.is_file() else _lone_weights(path)
         obj = read_weights(file, key)
-        if isinstance(obj, dict) and {"args", "state_dict"} <= set(obj):
+        if is_vitssl_export(obj):
             return obj  # a vitssl encoder.pt given as a file
         state, layout = unwrap_state(obj, key, spec)
         encoder, decoder = split_mae_decoder(state) if layout == "mae" else (state, {})
@@ -156,7 +164,7 @@ def read_foreign(spec: str, model, key: str = "finetune.pretrained", check: bool
         try:
             built = timm.create_model(spec, pretrained=True, pretrained_cfg_overlay={"file": file})
         except Exception as e:
-            raise WeightsError(f"{key}={spec!r}: timm cannot load its cached weights {file} ({_first_line(e)})") from None
+            raise WeightsError(f"{key}={spec!r}: timm cannot load its cached weights {file} ({first_line(e)})") from None
         state, known = _timm_vit_state(built, spec, key)
         export = vit_export(state, spec, "timm", known, model, key)
     else:

@@ -12,7 +12,7 @@ import torch
 
 from vitssl.models.layers import sincos_pos_embed
 
-VITSSL_SINCOS = "sincos"  # this project's fixed table (ViTArgs.pos_embed "sincos": a buffer, not saved)
+VITSSL_SINCOS = "sincos"  # this project's fixed table (model.pos_embed sincos: a buffer, not saved)
 MAE_SINCOS = "mae-sincos"  # mae's fixed table, kept as a learned parameter (as mae's own fine-tuning does)
 LEARNED = "learned"
 

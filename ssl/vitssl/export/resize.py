@@ -4,37 +4,42 @@ from __future__ import annotations
 
 from vitssl.config import ConfigError
 from vitssl.export.pos_embed import LEARNED, MAE_SINCOS, resample_grid
+from vitssl.models import export_options
 
 
 def fit_to_data(export: dict, image_size: int, channels: int, source: str) -> tuple[dict, list[str]]:
-    """(export rebuilt for image_size x image_size images with `channels` channels, log lines saying what
-    changed). A ConfigError when it cannot fit."""
-    arch, a = export.get("arch", "vit"), dict(export["args"])
+    """(export rebuilt for image_size x image_size images with `channels` channels, in the options
+    layout whatever layout it came in; log lines saying what changed). A ConfigError when it cannot fit."""
+    options, size, have = export_options(export)
     state = dict(export["state_dict"])
     notes: list[str] = []
-    if a["in_chans"] != channels:
-        state, note = _adapt_channels(arch, state, a["in_chans"], channels, source)
-        a["in_chans"] = channels
+    if have != channels:
+        state, note = _adapt_channels(options.arch, state, have, channels, source)
         notes.append(note)
-    if a["img_size"] != image_size:
-        if arch == "vit":
-            state, note = _vit_grid(a, state, export.get("pos_table", LEARNED), image_size, source)
+    if size != image_size:
+        if options.arch == "vit":
+            state, note = _vit_grid(options, size, state, export.get("pos_table", LEARNED), image_size, source)
             notes.append(note)
         else:
-            notes.append(f"{arch} encoder rebuilt for {image_size}x{image_size} images (was {a['img_size']}): "
+            notes.append(f"{options.arch} encoder rebuilt for {image_size}x{image_size} images (was {size}): "
                          f"no absolute position embedding to resample")
-        a["img_size"] = image_size
-    return export | {"args": a, "state_dict": state}, notes
+    try:
+        options.check_data(image_size, channels)
+    except ValueError as e:
+        raise ConfigError(f"the encoder in {source} does not fit the data: {e}") from None
+    fitted = {k: v for k, v in export.items() if k != "args"}
+    return fitted | {"arch": options.arch, "model": options.model_dump(mode="json"), "image_size": image_size,
+                     "channels": channels, "state_dict": state}, notes
 
 
-def _vit_grid(a: dict, state: dict, kind: str, image_size: int, source: str) -> tuple[dict, str]:
-    p = a["patch_size"]
+def _vit_grid(options, size: int, state: dict, kind: str, image_size: int, source: str) -> tuple[dict, str]:
+    p = options.patch_size
     if image_size % p:
         raise ConfigError(f"data.image_size {image_size} is not divisible by the patch size {p} of the encoder "
                           f"in {source}")
-    old, new = a["img_size"] // p, image_size // p
-    change = f"{old}x{old} -> {new}x{new} patch grid ({a['img_size']} -> {image_size} px)"
-    if a["pos_embed"] == "sincos":
+    old, new = size // p, image_size // p
+    change = f"{old}x{old} -> {new}x{new} patch grid ({size} -> {image_size} px)"
+    if options.pos_embed == "sincos":
         return state, f"position embedding: fixed sin-cos recomputed for the {change}"
     state["pos_embed"] = resample_grid(state["pos_embed"], old, new, kind)
     if kind == MAE_SINCOS:
@@ -52,4 +57,3 @@ def _adapt_channels(arch: str, state: dict, have: int, want: int, source: str) -
     # adapt_input_conv does for in_chans=1)
     state[name] = weight.sum(dim=1, keepdim=True)
     return state, f"patch embedding: its {have} input channels summed for {want}-channel data"
-

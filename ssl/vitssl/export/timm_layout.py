@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from vitssl.models import SwinOptions, ViTOptions, export_options
 from vitssl.models.layers import sincos_pos_embed
 
 
@@ -35,24 +36,22 @@ class TimmModel:
     notes: list[str] = field(default_factory=list)
 
 
-def _vit(export: dict, head: dict | None, pool: str) -> TimmModel:
-    a = export["args"]
-    if a.get("frames", 1) > 1:
-        raise NoTimmEquivalent(f"a clip ViT (frames {a['frames']}, tubelet {a['tubelet']}: 3-D tubelet patches) "
+def _vit(o: ViTOptions, size: int, chans: int, state: dict, head: dict | None, pool: str) -> TimmModel:
+    if o.frames > 1:
+        raise NoTimmEquivalent(f"a clip ViT (frames {o.frames}, tubelet {o.tubelet}: 3-D tubelet patches) "
                                f"has no timm equivalent; use the vitssl encoder.pt")
-    state = dict(export["state_dict"])
-    if a["pos_embed"] == "sincos":  # a buffer the export omits: timm gets the actual table as its parameter
-        grid = a["img_size"] // a["patch_size"]
-        state["pos_embed"] = sincos_pos_embed(a["embed_dim"], (1, grid, grid))[None]
-    global_pool = "token" if a["cls_token"] and pool == "cls" else "avg"
-    args = dict(img_size=a["img_size"], patch_size=a["patch_size"], in_chans=a["in_chans"],
-                embed_dim=a["embed_dim"], depth=a["depth"], num_heads=a["num_heads"], mlp_ratio=a["mlp_ratio"],
-                class_token=a["cls_token"], no_embed_class=True, fc_norm=False, global_pool=global_pool,
-                num_classes=0)
+    state = dict(state)
+    if o.pos_embed == "sincos":  # a buffer the export omits: timm gets the actual table as its parameter
+        grid = size // o.patch_size
+        state["pos_embed"] = sincos_pos_embed(o.embed_dim, (1, grid, grid))[None]
+    global_pool = "token" if o.cls_token and pool == "cls" else "avg"
+    args = dict(img_size=size, patch_size=o.patch_size, in_chans=chans, embed_dim=o.embed_dim, depth=o.depth,
+                num_heads=o.num_heads, mlp_ratio=o.mlp_ratio, class_token=o.cls_token, no_embed_class=True,
+                fc_norm=False, global_pool=global_pool, num_classes=0)
     if head is not None:
         state |= {f"head.{k}": v for k, v in head.items()}
         args["num_classes"] = head["weight"].shape[0]
-    return TimmModel(VIT_SIZES.get(a["embed_dim"], VIT_ENTRY), args, state)
+    return TimmModel(VIT_SIZES.get(o.embed_dim, VIT_ENTRY), args, state)
 
 
 def swin_to_timm_key(key: str) -> str:
@@ -61,17 +60,16 @@ def swin_to_timm_key(key: str) -> str:
     return re.sub(r"^merge\.", "layers.1.downsample.", key)
 
 
-def _swin(export: dict, head: dict | None) -> TimmModel:
-    a = export["args"]
-    grid = a["img_size"] // a["patch_size"]
-    if grid % a["window_size"] and a["window_size"] < grid:
-        raise NoTimmEquivalent(f"a swin encoder whose window ({a['window_size']}) does not divide its token grid "
+def _swin(o: SwinOptions, size: int, chans: int, state: dict, head: dict | None) -> TimmModel:
+    grid = size // o.patch_size
+    if grid % o.swin_window and o.swin_window < grid:
+        raise NoTimmEquivalent(f"a swin encoder whose window ({o.swin_window}) does not divide its token grid "
                                f"({grid}) pads differently from timm's; use the vitssl encoder.pt")
-    state = {swin_to_timm_key(k): v for k, v in export["state_dict"].items()
+    state = {swin_to_timm_key(k): v for k, v in state.items()
              if not k.endswith("relative_position_index")}  # a constant timm rebuilds itself
-    args = dict(img_size=a["img_size"], patch_size=a["patch_size"], in_chans=a["in_chans"],
-                embed_dim=a["embed_dim"], depths=[a["depth"], 0], num_heads=[a["num_heads"], 2 * a["num_heads"]],
-                window_size=a["window_size"], mlp_ratio=a["mlp_ratio"], global_pool="avg", num_classes=0)
+    args = dict(img_size=size, patch_size=o.patch_size, in_chans=chans, embed_dim=o.embed_dim,
+                depths=[o.depth, 0], num_heads=[o.num_heads, 2 * o.num_heads], window_size=o.swin_window,
+                mlp_ratio=o.mlp_ratio, global_pool="avg", num_classes=0)
     if head is not None:
         state |= {f"head.fc.{k}": v for k, v in head.items()}
         args["num_classes"] = head["weight"].shape[0]
@@ -81,12 +79,12 @@ def _swin(export: dict, head: dict | None) -> TimmModel:
 
 def to_timm(export: dict) -> TimmModel:
     """The timm model, arguments and state dict for a vitssl export (with its classifier head, if any)."""
-    arch = export.get("arch", "vit")
-    head = export.get("head")
+    options, size, chans = export_options(export)
+    state, head = export["state_dict"], export.get("head")
     pool = ((export.get("config") or {}).get("finetune") or {}).get("pool", "cls")
-    if arch == "vit":
-        return _vit(export, head, pool)
-    if arch == "swin":
-        return _swin(export, head)
-    raise NoTimmEquivalent(f"a {arch} encoder has no timm equivalent (timm has no model with this "
+    if isinstance(options, ViTOptions):
+        return _vit(options, size, chans, state, head, pool)
+    if isinstance(options, SwinOptions):
+        return _swin(options, size, chans, state, head)
+    raise NoTimmEquivalent(f"a {options.arch} encoder has no timm equivalent (timm has no model with this "
                            f"architecture's layers); use the vitssl encoder.pt")

@@ -7,19 +7,17 @@ import math
 import re
 
 import torch
+from pydantic import ValidationError
 
 from vitssl.config import ConfigError
 from vitssl.export.pos_embed import LEARNED, VITSSL_SINCOS, table_kind
+from vitssl.models import ViTOptions, export_options
 
 # timm ViT arguments that change nothing our ViT computes differently (sizes are read separately)
 NEUTRAL_TIMM_ARGS = {"img_size", "patch_size", "in_chans", "embed_dim", "depth", "num_heads", "mlp_ratio",
                      "class_token", "no_embed_class", "global_pool", "num_classes", "drop_rate", "pos_drop_rate",
                      "patch_drop_rate", "proj_drop_rate", "attn_drop_rate", "drop_path_rate", "dynamic_img_size",
                      "dynamic_img_pad", "strict_img_size", "qkv_bias", "fc_norm", "weight_init"}
-# our ViTArgs field -> the model.* config key that sets it
-VIT_MODEL_KEYS = {"patch_size": "patch_size", "embed_dim": "embed_dim", "depth": "depth", "num_heads": "num_heads",
-                  "mlp_ratio": "mlp_ratio", "cls_token": "cls_token", "pos_embed": "pos_embed"}
-
 
 class WeightsError(ConfigError):
     """A file, folder or name that does not give usable encoder weights; the message says why."""
@@ -107,26 +105,29 @@ def vit_export(state: dict[str, torch.Tensor], source: str, fmt: str, known: dic
                      f"say; set model.num_heads if they differ)")
     if dim % heads:
         raise WeightsError(f"{key}={source!r}: width {dim} is not divisible by num_heads {heads} (model.num_heads)")
-    args = dict(img_size=grid * patch, patch_size=patch, in_chans=in_chans, embed_dim=dim, depth=depth,
-                num_heads=heads, mlp_ratio=state["blocks.0.mlp.fc1.weight"].shape[0] / dim, cls_token=cls,
-                pos_embed="sincos" if kind == VITSSL_SINCOS else "learned")
+    try:
+        options = ViTOptions(patch_size=patch, embed_dim=dim, depth=depth, num_heads=heads,
+                             mlp_ratio=state["blocks.0.mlp.fc1.weight"].shape[0] / dim, cls_token=cls,
+                             pos_embed="sincos" if kind == VITSSL_SINCOS else "learned")
+    except ValidationError as e:
+        raise WeightsError(f"{key}={source!r}: these weights are no vitssl ViT ({e.errors()[0]['msg']})") from None
     notes.append({VITSSL_SINCOS: "position embedding: vitssl's fixed sin-cos table (kept fixed)",
                   LEARNED: "position embedding: learned",
                   }.get(kind, "position embedding: mae's fixed sin-cos table, loaded as a learned parameter "
                               "(as mae's fine-tuning does)"))
-    return {"arch": "vit", "args": args, "state_dict": state, "objective": fmt, "format": fmt, "pos_table": kind,
+    return {"arch": "vit", "model": options.model_dump(mode="json"), "image_size": grid * patch,
+            "channels": in_chans, "state_dict": state, "objective": fmt, "format": fmt, "pos_table": kind,
             "notes": notes}
 
 
 def check_model_keys(export: dict, model, key: str, source: str) -> None:
     """One error listing the config's explicitly set model.* keys that the weights contradict."""
-    if model is None or export.get("arch", "vit") != "vit":
+    if model is None:
         return
     given = model.model_fields_set
-    wrong = [f"model.{m} {getattr(model, m)} (weights: {export['args'][a]})" for a, m in VIT_MODEL_KEYS.items()
-             if m in given and getattr(model, m) != export["args"][a]]
-    if "arch" in given and model.arch != "vit":
-        wrong.insert(0, f"model.arch {model.arch} (weights: vit)")
+    weights = export_options(export)[0].weight_options()
+    wrong = [f"model.{k} {getattr(model, k)} (weights: {v})" for k, v in weights.items()
+             if k in given and getattr(model, k) != v]
     if wrong:
         raise WeightsError(f"{key}={source!r}: the config's model section contradicts the weights: {'; '.join(wrong)}"
                            f" (set these keys to the weights' values or remove them)")
@@ -142,8 +143,8 @@ def with_mae_decoder(export: dict, decoder: dict, key: str, source: str) -> dict
         raise WeightsError(f"{key}={source!r}: mae decoder incomplete, missing {sorted(need - set(decoder))}")
     dim = decoder["embed.weight"].shape[0]
     depth = len({k.split(".")[1] for k in decoder if k.startswith("blocks.")})
-    a = export["args"]
-    grid = a["img_size"] // a["patch_size"]
+    options, size, _ = export_options(export)
+    grid = size // options.patch_size
     kind = VITSSL_SINCOS
     if table is not None:
         if table.ndim != 3 or table.shape[1] not in (grid * grid, grid * grid + 1) or table.shape[2] != dim:
@@ -151,5 +152,5 @@ def with_mae_decoder(export: dict, decoder: dict, key: str, source: str) -> dict
                                f"{grid}x{grid} patch grid and decoder width {dim}")
         table = table[:, -grid * grid:]  # mae's class row is zero: our decoder gives the class token none
         kind = table_kind(table[0], grid)
-    return export | {"decoder": decoder, "decoder_args": {"dim": dim, "depth": depth},
+    return export | {"decoder": decoder, "decoder_options": {"decoder_dim": dim, "decoder_depth": depth},
                      "decoder_pos": {"kind": kind, "table": table}}

@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from vitssl.export.timm_layout import TimmModel, to_timm
-from vitssl.models import encoder_from_export
+from vitssl.models import encoder_from_export, export_options
 
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
@@ -66,7 +66,7 @@ def write_folder(export: dict, out: Path, card: str | None = None, label_names: 
     tm = to_timm(export)
     if label_names and tm.model_args["num_classes"] == len(label_names):
         tm.label_names = label_names
-    a = export["args"]
+    _, size, chans = export_options(export)
     out = Path(out)
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise FileExistsError(f"{out} exists and is not empty: choose another --out or remove it")
@@ -76,7 +76,7 @@ def write_folder(export: dict, out: Path, card: str | None = None, label_names: 
         state = {k: v.detach().float().contiguous() if v.is_floating_point() else v.detach().contiguous()
                  for k, v in tm.state_dict.items()}
         save_file(state, str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})
-        (tmp / CONFIG_FILE).write_text(json.dumps(timm_config(tm, a["in_chans"], a["img_size"]), indent=2) + "\n")
+        (tmp / CONFIG_FILE).write_text(json.dumps(timm_config(tm, chans, size), indent=2) + "\n")
         if card is not None:
             (tmp / CARD_FILE).write_text(card)
         if out.exists():
@@ -90,8 +90,6 @@ def write_folder(export: dict, out: Path, card: str | None = None, label_names: 
 
 def vitssl_forward(export: dict):
     """The export's own function: the encoder's pooled embedding, or the classifier's logits."""
-    from vitssl.objectives.classify import pooled
-
     encoder = encoder_from_export(export)
     encoder.load_state_dict(export["state_dict"], strict=True)
     encoder.eval()
@@ -103,7 +101,7 @@ def vitssl_forward(export: dict):
     pool = ((export.get("config") or {}).get("finetune") or {}).get("pool", "cls")
 
     def forward(x: torch.Tensor) -> torch.Tensor:
-        z = pooled(encoder, x, pool)
+        z = encoder.embed_images(x, pool)
         return head(z) if head is not None else z
 
     return forward
@@ -114,7 +112,7 @@ def verify_with_timm(export: dict, folder: Path, batch: int = 4, seed: int = 0) 
     """Load `folder` with timm alone and return the largest difference to vitssl's outputs on random images."""
     import timm
 
-    a = export["args"]
-    x = torch.rand(batch, a["in_chans"], a["img_size"], a["img_size"], generator=torch.Generator().manual_seed(seed))
+    _, size, chans = export_options(export)
+    x = torch.rand(batch, chans, size, size, generator=torch.Generator().manual_seed(seed))
     model = timm.create_model(f"local-dir:{Path(folder).resolve()}", pretrained=True).eval()
     return float((model(x) - vitssl_forward(export)(x)).abs().max())

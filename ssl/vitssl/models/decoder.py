@@ -14,7 +14,7 @@ class MAEDecoder(nn.Module):
     decoder fills the masked positions with a learned mask token. Other styles pass all N tokens.
     The prefix (CLS) tokens go through the decoder blocks, without a position, as in MAE's
     reference: that is the only way the reconstruction loss reaches the CLS token.
-    depth 0 gives a linear decoder (the seeds' choice).
+    depth 0 gives a linear decoder: the pixels must then be readable from the encoder's tokens directly.
     """
 
     def __init__(self, encoder_dim: int, num_patches: int, grid: tuple[int, int, int], patch_dim: int,

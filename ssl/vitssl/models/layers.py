@@ -1,10 +1,16 @@
-"""Shared transformer building blocks: patch embeddings, position embeddings, attention, MLP, block."""
+"""Shared transformer building blocks: patch embeddings, position embeddings, attention, MLP, block,
+and the options (with their shape rules) every transformer encoder shares."""
 from __future__ import annotations
+
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field, model_validator
 from torch import nn
 from torchvision.ops import StochasticDepth
+
+from vitssl.models.encoder import EncoderOptions
 
 
 class PatchEmbed(nn.Module):
@@ -30,6 +36,21 @@ class PatchEmbed(nn.Module):
         return self.proj(x).flatten(2).transpose(1, 2)
 
 
+def check_heads(dim: int, num_heads: int, dim_key: str = "embed_dim", heads_key: str = "num_heads") -> None:
+    """Attention splits the width evenly over the heads (ValueError naming the keys)."""
+    if dim % num_heads:
+        raise ValueError(f"{dim_key} ({dim}) must be divisible by {heads_key} ({num_heads})")
+
+
+def check_sincos_dim(dim: int, frames: int, dim_key: str = "embed_dim") -> None:
+    """Fixed sin-cos positions split the width into sin/cos pairs per axis: 2 axes for images, 3 for
+    clips (where a quarter of the width encodes time), so the width must divide by 4, or by 8."""
+    need = 4 if frames == 1 else 8
+    if dim % need:
+        raise ValueError(f"{dim_key} ({dim}) must be divisible by {need} for {2 if frames == 1 else 3}-D "
+                         f"sin-cos positions")
+
+
 def _sincos_1d(dim: int, positions: torch.Tensor) -> torch.Tensor:
     omega = 1.0 / 10000 ** (torch.arange(dim // 2, dtype=torch.float64) / (dim / 2))
     out = positions.double().flatten()[:, None] * omega[None]
@@ -43,14 +64,11 @@ def sincos_pos_embed(dim: int, grid: tuple[int, int, int]) -> torch.Tensor:
     with T > 1 a quarter of the channels encodes time, as in VideoMAE-style space-time grids.
     """
     t, h, w = grid
+    check_sincos_dim(dim, t)
     tt, hh, ww = torch.meshgrid(torch.arange(t), torch.arange(h), torch.arange(w), indexing="ij")
     if t == 1:
-        if dim % 4:
-            raise ValueError(f"2-D sin-cos position embedding needs embed_dim divisible by 4, got {dim}")
         emb = torch.cat([_sincos_1d(dim // 2, hh), _sincos_1d(dim // 2, ww)], dim=1)
     else:
-        if dim % 8:
-            raise ValueError(f"3-D sin-cos position embedding needs embed_dim divisible by 8, got {dim}")
         d_t = dim // 4
         d_s = (dim - d_t) // 2
         emb = torch.cat([_sincos_1d(d_t, tt), _sincos_1d(d_s, hh), _sincos_1d(dim - d_t - d_s, ww)], dim=1)
@@ -62,8 +80,7 @@ class Attention(nn.Module):
 
     def __init__(self, dim: int, num_heads: int, attn_drop: float = 0.0, proj_drop: float = 0.0):
         super().__init__()
-        if dim % num_heads:
-            raise ValueError(f"embed_dim {dim} is not divisible by num_heads {num_heads}")
+        check_heads(dim, num_heads)
         self.num_heads = num_heads
         self.qkv = nn.Linear(dim, dim * 3)
         self.proj = nn.Linear(dim, dim)
@@ -126,4 +143,30 @@ def trunc_normal_(t: torch.Tensor, std: float = 0.02) -> torch.Tensor:
     return nn.init.trunc_normal_(t, std=std, a=-2 * std, b=2 * std)
 
 
-__all__ = ["PatchEmbed", "sincos_pos_embed", "Attention", "Mlp", "Block", "init_weights", "trunc_normal_"]
+
+
+class TransformerOptions(EncoderOptions):
+    """The options every patch-token transformer encoder has, and the rules between them."""
+
+    patch_size: int = Field(7, gt=0)
+    embed_dim: int = Field(64, gt=0)
+    depth: int = Field(4, ge=1)
+    num_heads: int = Field(4, ge=1)
+    mlp_ratio: float = Field(4.0, gt=0)
+    dropout: float = Field(0.0, ge=0, lt=1)
+    attn_dropout: float = Field(0.0, ge=0, lt=1)
+
+    run_options: ClassVar[frozenset[str]] = EncoderOptions.run_options | {"dropout", "attn_dropout"}
+
+    @model_validator(mode="after")
+    def _heads(self):
+        check_heads(self.embed_dim, self.num_heads, "model.embed_dim", "model.num_heads")
+        return self
+
+    def check_data(self, image_size: int, channels: int) -> None:
+        if image_size % self.patch_size:
+            raise ValueError(f"data.image_size ({image_size}) must be divisible by model.patch_size "
+                             f"({self.patch_size})")
+
+__all__ = ["PatchEmbed", "check_heads", "check_sincos_dim", "sincos_pos_embed", "Attention", "Mlp", "Block", "init_weights", "trunc_normal_",
+           "TransformerOptions"]

@@ -1,40 +1,45 @@
 """Vision Transformer encoder for images (2-D patches) and clips (3-D tubelets)."""
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from typing import Literal
 
 import torch
+from pydantic import Field, model_validator
 from torch import nn
 
-from vitssl.models.encoder import CLIPS, CLS_TOKEN, DROP_PATH, LAYER_IDS, MASKED_TOKENS
-from vitssl.models.layers import Block, PatchEmbed, init_weights, sincos_pos_embed, trunc_normal_
+from vitssl.models.encoder import CLIPS, CLS_TOKEN, DROP_PATH, LAYER_IDS, MASKED_TOKENS, Encoder
+from vitssl.models.layers import (
+    Block,
+    PatchEmbed,
+    TransformerOptions,
+    check_sincos_dim,
+    init_weights,
+    sincos_pos_embed,
+    trunc_normal_,
+)
 from vitssl.models.registry import register_encoder
 
 
-@dataclass
-class ViTArgs:
-    """Plain constructor arguments: what checkpoints store to rebuild the encoder."""
+class ViTOptions(TransformerOptions):
+    """`model:` for arch vit."""
 
-    img_size: int = 28
-    patch_size: int = 7
-    in_chans: int = 1
-    embed_dim: int = 64
-    depth: int = 4
-    num_heads: int = 4
-    mlp_ratio: float = 4.0
-    dropout: float = 0.0
-    attn_dropout: float = 0.0
+    arch: Literal["vit"] = "vit"
     cls_token: bool = True
-    pos_embed: str = "sincos"  # "sincos" (fixed) or "learned"
-    frames: int = 1
-    tubelet: int = 1
+    pos_embed: Literal["sincos", "learned"] = "sincos"
+    frames: int = Field(1, ge=1, description="clip length; 1 = images")
+    tubelet: int = Field(1, ge=1, description="frames per tubelet")
 
-    def to_dict(self) -> dict:
-        return asdict(self)
+    @model_validator(mode="after")
+    def _clips(self) -> ViTOptions:
+        if self.frames % self.tubelet:
+            raise ValueError(f"model.frames ({self.frames}) must be divisible by model.tubelet ({self.tubelet})")
+        if self.pos_embed == "sincos":
+            check_sincos_dim(self.embed_dim, self.frames, "model.embed_dim")
+        return self
 
 
-@register_encoder("vit", ViTArgs, {MASKED_TOKENS, CLS_TOKEN, CLIPS, LAYER_IDS, DROP_PATH}, own_keys=("frames", "tubelet"))
-class ViT(nn.Module):
+@register_encoder(ViTOptions, {MASKED_TOKENS, CLS_TOKEN, CLIPS, LAYER_IDS, DROP_PATH})
+class ViT(Encoder):
     """Pre-norm ViT encoder.
 
     forward_features(x) -> (B, [1+]N, D) normed tokens (CLS first when enabled).
@@ -42,22 +47,20 @@ class ViT(nn.Module):
     embed(x) -> (B, N, D) patch tokens with position; encode(tokens) -> transformer output.
     """
 
-    def __init__(self, args: ViTArgs):
-        super().__init__()
-        self.args = args
-        d = args.embed_dim
-        self.patch_embed = PatchEmbed(args.img_size, args.patch_size, args.in_chans, d, args.frames, args.tubelet)
+    def __init__(self, options: ViTOptions | None = None, image_size: int = 28, channels: int = 1):
+        o = options or ViTOptions()
+        super().__init__(o, image_size, channels)
+        d = o.embed_dim
+        self.patch_embed = PatchEmbed(image_size, o.patch_size, channels, d, o.frames, o.tubelet)
         self.num_patches = self.patch_embed.num_patches
-        self.num_prefix = 1 if args.cls_token else 0
-        self.cls_token = nn.Parameter(torch.zeros(1, 1, d)) if args.cls_token else None
-        if args.pos_embed == "sincos":
+        self.num_prefix = 1 if o.cls_token else 0
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, d)) if o.cls_token else None
+        if o.pos_embed == "sincos":
             self.register_buffer("pos_embed", sincos_pos_embed(d, self.patch_embed.grid)[None], persistent=False)
-        elif args.pos_embed == "learned":
-            self.pos_embed = nn.Parameter(trunc_normal_(torch.zeros(1, self.num_patches, d)))
         else:
-            raise ValueError(f"model.pos_embed must be 'sincos' or 'learned', got {args.pos_embed!r}")
+            self.pos_embed = nn.Parameter(trunc_normal_(torch.zeros(1, self.num_patches, d)))
         self.blocks = nn.ModuleList(
-            Block(d, args.num_heads, args.mlp_ratio, args.dropout, args.attn_dropout) for _ in range(args.depth)
+            Block(d, o.num_heads, o.mlp_ratio, o.dropout, o.attn_dropout) for _ in range(o.depth)
         )
         self.norm = nn.LayerNorm(d, eps=1e-6)
         self.apply(init_weights)
@@ -66,13 +69,17 @@ class ViT(nn.Module):
 
     @property
     def embed_dim(self) -> int:
-        return self.args.embed_dim
+        return self.options.embed_dim
+
+    @property
+    def frames(self) -> int:
+        return self.options.frames
 
     @property
     def patch_dim(self) -> int:
         """Pixels per patch (or tubelet): the size of a reconstruction target."""
-        a = self.args
-        return a.tubelet * a.patch_size * a.patch_size * a.in_chans
+        o = self.options
+        return o.tubelet * o.patch_size * o.patch_size * self.channels
 
     def embed(self, x: torch.Tensor, replace: torch.Tensor | None = None,
               replace_token: torch.Tensor | None = None) -> torch.Tensor:
@@ -104,10 +111,6 @@ class ViT(nn.Module):
             return features[:, 0]
         return features.mean(dim=1)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x -> pooled embedding (B, D)."""
-        return self.pool(self.forward_features(x))
-
     def no_weight_decay(self) -> set[str]:
         return {"cls_token", "pos_embed"}
 
@@ -121,19 +124,3 @@ class ViT(nn.Module):
         if name.startswith("blocks."):
             return int(name.split(".")[1]) + 1
         return len(self.blocks) + 1 if name.startswith("norm.") else 0
-
-    @staticmethod
-    def args_from_config(model, data) -> ViTArgs:
-        """ViTArgs from the config's model and data sections; ValueError naming the key if they don't fit."""
-        m = model
-        if m.embed_dim % m.num_heads:
-            raise ValueError(f"model.embed_dim ({m.embed_dim}) must be divisible by model.num_heads ({m.num_heads})")
-        if m.frames % m.tubelet:
-            raise ValueError(f"model.frames ({m.frames}) must be divisible by model.tubelet ({m.tubelet})")
-        if data.image_size % m.patch_size:
-            raise ValueError(f"data.image_size ({data.image_size}) must be divisible by model.patch_size "
-                             f"({m.patch_size})")
-        return ViTArgs(img_size=data.image_size, patch_size=m.patch_size, in_chans=data.channels,
-                       embed_dim=m.embed_dim, depth=m.depth, num_heads=m.num_heads, mlp_ratio=m.mlp_ratio,
-                       dropout=m.dropout, attn_dropout=m.attn_dropout, cls_token=m.cls_token,
-                       pos_embed=m.pos_embed, frames=m.frames, tubelet=m.tubelet)

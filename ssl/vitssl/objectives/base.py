@@ -7,7 +7,8 @@ drawn in `sample_transform`, which runs inside the data workers with the RNG see
 """
 from __future__ import annotations
 
-from typing import Any, Callable, ClassVar
+from dataclasses import dataclass
+from typing import Callable, ClassVar
 
 import torch
 from pydantic import BaseModel, ConfigDict, ValidationError
@@ -19,6 +20,14 @@ from vitssl.models import ENCODERS, Encoder, encoder_from_config
 
 Batch = dict[str, torch.Tensor]
 Metrics = dict[str, torch.Tensor]
+
+
+@dataclass
+class ImageRows:
+    """A figure as data: labelled rows of images, each (N, C, H, W) in [0, 1], under a title."""
+
+    rows: dict[str, torch.Tensor]
+    title: str = ""
 
 
 class ObjectiveOptions(BaseModel):
@@ -47,8 +56,8 @@ class Objective(nn.Module):
         here must live in registered modules or buffers, so it checkpoints and resumes with the run."""
 
     @torch.no_grad()
-    def figures(self, batch: Batch) -> dict[str, Any]:
-        """Matplotlib figures worth logging for this batch (name.png -> figure)."""
+    def figures(self, batch: Batch) -> dict[str, ImageRows]:
+        """What is worth drawing for this batch (name.png -> rows of images); the tracker draws them."""
         return {}
 
 

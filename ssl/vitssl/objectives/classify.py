@@ -15,8 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from vitssl.config.finetune import HeadOptions
-from vitssl.data.augment import RandAugmentDigits, chain
-from vitssl.data.clips import repeat_clip
+from vitssl.data.augment import RandAugmentDigits, affine_transform, chain
 from vitssl.models import Encoder
 from vitssl.objectives.base import Batch, Metrics, Objective, ObjectiveOptions, register
 from vitssl.objectives.mixup import mixup
@@ -24,21 +23,6 @@ from vitssl.objectives.mixup import mixup
 
 class ClassifyOptions(ObjectiveOptions, HeadOptions):
     name: Literal["classify"] = "classify"
-
-
-def encoder_input(encoder: Encoder, images: torch.Tensor) -> torch.Tensor:
-    """Images (B, C, H, W) -> what the encoder takes: the same, or clips (B, C, T, H, W) of repeats."""
-    frames = getattr(encoder.args, "frames", 1)  # only ViTs encode clips
-    return images if frames == 1 else repeat_clip(images, frames)
-
-
-def pooled(encoder: Encoder, images: torch.Tensor, pool: str = "cls") -> torch.Tensor:
-    """Images (B, C, H, W) -> (B, D): the encoder's own pooling ("cls": the CLS token when it has
-    one), or "mean": the mean of the patch tokens (MAE fine-tunes this way; its CLS token gets no loss)."""
-    features = encoder.forward_features(encoder_input(encoder, images))
-    if pool == "mean":
-        return features[:, encoder.num_prefix:].mean(dim=1)
-    return encoder.pool(features)
 
 
 @register("classify")
@@ -57,11 +41,11 @@ class Classify(Objective):
     def sample_transform(self):
         o = self.options
         return chain(RandAugmentDigits(o.randaugment_ops, o.randaugment_magnitude) if o.randaugment else None,
-                     o.affine())
+                     affine_transform(o))
 
     def embed(self, images: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) -> pooled embedding (B, D)."""
-        return pooled(self.encoder, images, self.options.pool)
+        return self.encoder.embed_images(images, self.options.pool)
 
     def logits(self, images: torch.Tensor) -> torch.Tensor:
         return self.head(self.head_drop(self.embed(images)))

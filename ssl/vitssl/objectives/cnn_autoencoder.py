@@ -1,4 +1,4 @@
-"""Autoencoder baseline (seed 003): encode to the pooled embedding, decode the whole image, MSE.
+"""Autoencoder baseline (CNN): encode to the pooled embedding, decode the whole image, MSE.
 
 The bottleneck is the embedding that evaluation probes, so reconstruction must go through it.
 """
@@ -11,8 +11,7 @@ import torch.nn.functional as F
 
 from vitssl.models import FEATURE_MAP
 from vitssl.models.cnn import CNN, CNNDecoder
-from vitssl.objectives.base import Batch, Metrics, Objective, ObjectiveOptions, register
-from vitssl.tracking.plots import image_rows_figure
+from vitssl.objectives.base import Batch, ImageRows, Metrics, Objective, ObjectiveOptions, register
 
 
 class CNNAutoencoderOptions(ObjectiveOptions):
@@ -28,7 +27,7 @@ class CNNAutoencoder(Objective):
         super().__init__()
         self.encoder = encoder
         self.options = options
-        self.decoder = CNNDecoder(encoder.args)
+        self.decoder = CNNDecoder(encoder)
 
     def reconstruct(self, images: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) -> (B, C, H, W) in [0, 1]."""
@@ -39,8 +38,7 @@ class CNNAutoencoder(Objective):
         return loss, {"loss_mse": loss.detach()}
 
     @torch.no_grad()
-    def figures(self, batch: Batch) -> dict:
+    def figures(self, batch: Batch) -> dict[str, ImageRows]:
         images = batch["image"][:8]
-        rows = {"image": images, "reconstruction": self.reconstruct(images)}
-        return {"reconstruction.png": image_rows_figure(
-            {k: [im[0].float().cpu().numpy() for im in v] for k, v in rows.items()}, title="autoencoder")}
+        return {"reconstruction.png": ImageRows({"image": images, "reconstruction": self.reconstruct(images)},
+                                                "autoencoder")}

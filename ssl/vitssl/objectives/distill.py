@@ -1,4 +1,4 @@
-"""Label-free knowledge distillation (Hinton et al. 2015; seed 001's Swin student).
+"""Label-free knowledge distillation (Hinton et al. 2015), e.g. into a small Swin student.
 
 The student (any registered encoder + linear head, i.e. a Classify model) learns only from a frozen
 teacher's logits: loss = T^2 * KL(softmax(teacher / T) || softmax(student / T)), batch mean.
@@ -18,7 +18,7 @@ from pydantic import Field
 from torch import nn
 
 from vitssl.objectives.base import Batch, Metrics
-from vitssl.objectives.classify import Classify, ClassifyOptions, pooled
+from vitssl.objectives.classify import Classify, ClassifyOptions
 
 
 def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -44,7 +44,7 @@ class FrozenClassifier(nn.Module):
     @torch.no_grad()
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) -> logits (B, K)."""
-        return self.head(pooled(self.encoder, images, self.pool))
+        return self.head(self.encoder.embed_images(images, self.pool))
 
 
 class DistillOptions(ClassifyOptions):

@@ -18,7 +18,7 @@ from torch import nn
 
 from vitssl.data.views import TwoViews, ViewOptions
 from vitssl.models import CLS_TOKEN, Encoder
-from vitssl.objectives.base import Batch, Metrics, Objective, ObjectiveOptions, register
+from vitssl.objectives.base import Batch, ImageRows, Metrics, Objective, ObjectiveOptions, register
 from vitssl.objectives.gather import gather_with_grad, rank
 
 
@@ -106,33 +106,27 @@ class InfoNCE(Objective):
         check_views(cfg, options.views)
 
     def sample_transform(self):
-        return TwoViews(self.options.views, self.encoder.args.img_size)
+        return TwoViews(self.options.views, self.encoder.image_size)
 
     def forward(self, batch: Batch) -> tuple[torch.Tensor, Metrics]:
         loss, accuracy = self.contrastive(self.encoder, batch["view1"], batch["view2"])
         return loss, {"loss_infonce": loss.detach(), "contrastive_acc": accuracy.detach()}
 
     @torch.no_grad()
-    def figures(self, batch: Batch) -> dict:
+    def figures(self, batch: Batch) -> dict[str, ImageRows]:
         return {"views.png": views_figure(batch)}
 
 
 def check_views(cfg, views: ViewOptions) -> None:
     from vitssl.config.load import ConfigError
 
-    if cfg.model.frames > 1:
+    if getattr(cfg.model, "frames", 1) > 1:
         raise ConfigError("invalid config: contrastive objectives are for images (model.frames 1)")
     if views.preset == "color" and cfg.data.channels != 3:
         raise ConfigError(f"invalid config: objective.views.preset color needs data.channels 3, "
                           f"got {cfg.data.channels} (use preset digits)")
 
 
-def views_figure(batch: Batch):
-    from vitssl.tracking.plots import image_rows_figure
-
-    def rows(t: torch.Tensor) -> list:
-        t = t[:8].float().cpu()
-        return [im[0].numpy() if im.shape[0] == 1 else im.permute(1, 2, 0).numpy() for im in t]
-
-    return image_rows_figure({"image": rows(batch["image"]), "view 1": rows(batch["view1"]),
-                              "view 2": rows(batch["view2"])}, title="contrastive views")
+def views_figure(batch: Batch) -> ImageRows:
+    return ImageRows({"image": batch["image"][:8], "view 1": batch["view1"][:8], "view 2": batch["view2"][:8]},
+                     "contrastive views")

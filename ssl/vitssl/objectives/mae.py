@@ -9,15 +9,14 @@ from __future__ import annotations
 
 from typing import Literal
 
-import numpy as np
 import torch
 from pydantic import ConfigDict, Field
 
-from vitssl.data.augment import AffineOptions, chain
+from vitssl.config.augment import AffineOptions
+from vitssl.data.augment import affine_transform, chain
 from vitssl.models import MASKED_TOKENS, MAEDecoder, ViT
 from vitssl.models.masking import mask_from_noise, patchify, unpatchify
-from vitssl.objectives.base import Batch, Metrics, Objective, ObjectiveOptions, register
-from vitssl.tracking.plots import image_rows_figure
+from vitssl.objectives.base import Batch, ImageRows, Metrics, Objective, ObjectiveOptions, register
 
 
 class ReconstructionOptions(AffineOptions):
@@ -60,9 +59,15 @@ def masked_mean(per_patch: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 
 def normalise_patches(target: torch.Tensor) -> torch.Tensor:
+    """(B, N, P) patches -> each patch at zero mean, unit variance (MAE's norm_pix_loss target)."""
     mean = target.mean(dim=-1, keepdim=True)
     var = target.var(dim=-1, keepdim=True)
     return (target - mean) / (var + 1e-6) ** 0.5
+
+
+def unnormalise_patches(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Predictions of normalise_patches(target) (B, N, P) -> pixel units, with each target patch's statistics."""
+    return pred * (target.var(-1, keepdim=True) + 1e-6) ** 0.5 + target.mean(-1, keepdim=True)
 
 
 @register("mae")
@@ -94,7 +99,7 @@ class MAE(Objective):
             raise ConfigError("invalid config: objective mae is for images (model.frames 1); use video_mae for clips")
 
     def sample_transform(self):
-        return chain(self.options.affine(), MaskNoise(self.encoder.num_patches))
+        return chain(affine_transform(self.options), MaskNoise(self.encoder.num_patches))
 
     def _mask(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         noise = batch.get("mask_noise")
@@ -118,12 +123,12 @@ class MAE(Objective):
 
     def pixel_mask(self, mask: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """(B, N) patch mask -> (B, 1, H, W) pixel mask."""
-        p = self.encoder.args.patch_size
+        p = self.encoder.options.patch_size
         patches = mask[:, :, None].expand(-1, -1, p * p).to(x.dtype)
         return unpatchify(patches, p, 1, x.shape[-1])
 
     def loss(self, pred: torch.Tensor, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        target = patchify(x, self.encoder.args.patch_size).float()
+        target = patchify(x, self.encoder.options.patch_size).float()
         if self.options.norm_pix_loss:
             target = normalise_patches(target)
         per_patch = ((pred.float() - target) ** 2).mean(dim=-1)
@@ -137,23 +142,16 @@ class MAE(Objective):
         return loss, {"loss_mae": loss.detach()}
 
     @torch.no_grad()
-    def figures(self, batch: Batch) -> dict:
+    def figures(self, batch: Batch) -> dict[str, ImageRows]:
         x = batch["image"][:8]
         ids_keep, mask, ids_restore = self._mask({k: v[:8] for k, v in batch.items()})
         pred = self.predict(x, ids_keep, mask, ids_restore).float()
-        p, c, size = self.encoder.args.patch_size, x.shape[1], x.shape[-1]
+        p, c, size = self.encoder.options.patch_size, x.shape[1], x.shape[-1]
         if self.options.norm_pix_loss:  # show predictions in pixel units
-            target = patchify(x, p).float()
-            pred = pred * (target.var(-1, keepdim=True) + 1e-6) ** 0.5 + target.mean(-1, keepdim=True)
+            pred = unnormalise_patches(pred, patchify(x, p).float())
         recon = unpatchify(pred, p, c, size).clamp(0, 1)
         pm = self.pixel_mask(mask, x)
         pasted = x * (1 - pm) + recon * pm
-
-        def rows(t: torch.Tensor) -> list[np.ndarray]:
-            t = t.float().cpu()
-            return [im[0].numpy() if c == 1 else im.permute(1, 2, 0).numpy() for im in t]
-
-        fig = image_rows_figure({"original": rows(x), "masked": rows(x * (1 - pm) + 0.5 * pm),
-                                 "reconstruction": rows(recon), "visible + reconstruction": rows(pasted)},
-                                title=f"MAE {self.options.style}, mask ratio {self.options.mask_ratio}")
-        return {"reconstruction.png": fig}
+        rows = {"original": x, "masked": x * (1 - pm) + 0.5 * pm, "reconstruction": recon,
+                "visible + reconstruction": pasted}
+        return {"reconstruction.png": ImageRows(rows, f"MAE {self.options.style}, mask ratio {self.options.mask_ratio}")}

@@ -1,4 +1,4 @@
-"""MAE and InfoNCE in one step on one encoder (the seeds' 0.8 MAE + 0.2 InfoNCE).
+"""MAE and InfoNCE in one step on one encoder (by default 0.8 MAE + 0.2 InfoNCE).
 
 loss = mae_weight * loss_mae + infonce_weight * loss_infonce.
 
@@ -75,7 +75,7 @@ class MAEInfoNCE(Objective):
                               "or leave augment off")
 
     def sample_transform(self):
-        return _Both(TwoViews(self.options.views, self.encoder.args.img_size), self.mae.sample_transform())
+        return _Both(TwoViews(self.options.views, self.encoder.image_size), self.mae.sample_transform())
 
     def forward(self, batch: Batch) -> tuple[torch.Tensor, Metrics]:
         o = self.options

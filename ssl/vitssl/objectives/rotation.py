@@ -1,4 +1,4 @@
-"""Rotation prediction (Gidaris et al. 2018; seed 003): 4-way cross-entropy on the applied rotation.
+"""Rotation prediction (Gidaris et al. 2018; a CNN baseline): 4-way cross-entropy on the applied rotation.
 
 The rotation k (0, 90, 180, 270 degrees counter-clockwise) is drawn per sample in the data
 workers, so it is reproducible for any number of processes; the label is k itself.

@@ -1,4 +1,4 @@
-"""SimCLR (Chen et al. 2020; seed 003's third baseline): the InfoNCE objective under its own name.
+"""SimCLR (Chen et al. 2020; the CNN baselines' contrastive one): the InfoNCE objective under its own name.
 
 Same views, projection head and NT-Xent with gathered negatives as `infonce`; registered apart so
 that runs of the CNN baseline are told apart from the CLS-token ViT runs in the comparison table.

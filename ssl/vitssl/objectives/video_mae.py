@@ -14,17 +14,21 @@ from __future__ import annotations
 
 from typing import Literal
 
-import numpy as np
 import torch
 from pydantic import Field
 
-from vitssl.data.augment import chain
+from vitssl.data.augment import affine_transform, chain
 from vitssl.data.clips import MovingClip
 from vitssl.models import CLIPS, MASKED_TOKENS, ViT
 from vitssl.models.masking import mask_from_noise, num_visible, patchify, tube_noise, unpatchify_clip
-from vitssl.objectives.base import Batch, Metrics, Objective, ObjectiveOptions, register
-from vitssl.objectives.mae import MAE, ReconstructionOptions, masked_mean, normalise_patches
-from vitssl.tracking.plots import image_rows_figure
+from vitssl.objectives.base import Batch, ImageRows, Metrics, Objective, ObjectiveOptions, register
+from vitssl.objectives.mae import (
+    MAE,
+    ReconstructionOptions,
+    masked_mean,
+    normalise_patches,
+    unnormalise_patches,
+)
 
 
 class VideoMAEOptions(ObjectiveOptions, ReconstructionOptions):
@@ -75,20 +79,14 @@ class VideoMAE(Objective):
         m = cfg.model
         if m.frames < 2:
             raise ConfigError(f"invalid config: objective video_mae needs model.frames > 1, got {m.frames}")
-        if m.frames % m.tubelet:
-            raise ConfigError(f"invalid config: model.tubelet ({m.tubelet}) must divide model.frames ({m.frames})")
-        if m.pos_embed == "sincos" and m.embed_dim % 8:
-            raise ConfigError(f"invalid config: 3-D sin-cos positions need model.embed_dim divisible by 8, "
-                              f"got {m.embed_dim}")
         spatial = (cfg.data.image_size // m.patch_size) ** 2
         if options.masking == "tube" and num_visible(spatial, options.mask_ratio) == spatial:
             raise ConfigError(f"invalid config: objective.mask_ratio {options.mask_ratio} masks no patch of "
                               f"{spatial} positions")
 
     def sample_transform(self):
-        a = self.encoder.args
-        clip = MovingClip(a.frames, self.options.clip, self.options.max_speed, self.options.max_spin)
-        return chain(self.options.affine(), ClipAndNoise(clip, self.slots, self.spatial, self.options.masking))
+        clip = MovingClip(self.encoder.frames, self.options.clip, self.options.max_speed, self.options.max_spin)
+        return chain(affine_transform(self.options), ClipAndNoise(clip, self.slots, self.spatial, self.options.masking))
 
     def mask(self, noise: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(B, N) noise -> ids_keep, mask (1 = masked), ids_restore.
@@ -111,8 +109,8 @@ class VideoMAE(Objective):
         return noise
 
     def target(self, clip: torch.Tensor) -> torch.Tensor:
-        a = self.encoder.args
-        target = patchify(clip, a.patch_size, a.tubelet).float()
+        o = self.encoder.options
+        target = patchify(clip, o.patch_size, o.tubelet).float()
         return normalise_patches(target) if self.options.norm_pix_loss else target
 
     def forward(self, batch: Batch) -> tuple[torch.Tensor, Metrics]:
@@ -124,25 +122,19 @@ class VideoMAE(Objective):
         return loss, {"loss_video_mae": loss.detach()}
 
     @torch.no_grad()
-    def figures(self, batch: Batch) -> dict:
+    def figures(self, batch: Batch) -> dict[str, ImageRows]:
         """Middle frame: original, masked, reconstruction, visible + reconstruction."""
-        a = self.encoder.args
+        enc, o = self.encoder, self.encoder.options
         clip = batch["clip"][:8]
         ids_keep, mask, ids_restore = self.mask(self._noise({k: v[:8] for k, v in batch.items()}))
         pred = self.mae.predict(clip, ids_keep, mask, ids_restore).float()
         if self.options.norm_pix_loss:
-            raw = patchify(clip, a.patch_size, a.tubelet).float()
-            pred = pred * (raw.var(-1, keepdim=True) + 1e-6) ** 0.5 + raw.mean(-1, keepdim=True)
-        unp = lambda t: unpatchify_clip(t, a.patch_size, a.tubelet, a.in_chans, a.frames, a.img_size)  # noqa: E731
+            pred = unnormalise_patches(pred, patchify(clip, o.patch_size, o.tubelet).float())
+        unp = lambda t: unpatchify_clip(t, o.patch_size, o.tubelet, enc.channels, enc.frames, enc.image_size)  # noqa: E731
         recon = unp(pred).clamp(0, 1)
         pm = unp(mask[:, :, None].expand(-1, -1, pred.shape[-1]).to(clip.dtype))
-        mid = a.frames // 2
-
-        def rows(t: torch.Tensor) -> list[np.ndarray]:
-            t = t[:, :, mid].float().cpu()
-            return [im[0].numpy() if im.shape[0] == 1 else im.permute(1, 2, 0).numpy() for im in t]
-
-        fig = image_rows_figure({"original": rows(clip), "masked": rows(clip * (1 - pm) + 0.5 * pm),
-                                 "reconstruction": rows(recon), "visible + reconstruction": rows(clip * (1 - pm) + recon * pm)},
-                                title=f"Video MAE middle frame ({self.options.masking} masking, ratio {self.options.mask_ratio})")
-        return {"reconstruction_middle_frame.png": fig}
+        rows = {"original": clip, "masked": clip * (1 - pm) + 0.5 * pm, "reconstruction": recon,
+                "visible + reconstruction": clip * (1 - pm) + recon * pm}
+        mid = enc.frames // 2
+        title = f"Video MAE middle frame ({self.options.masking} masking, ratio {self.options.mask_ratio})"
+        return {"reconstruction_middle_frame.png": ImageRows({k: v[:, :, mid] for k, v in rows.items()}, title)}

@@ -28,14 +28,12 @@ def _logged(log: str | Path):
 
 def _run_stage(log: str, schema, config: str, overrides: list[str], run) -> tuple:
     """Load the config and run one stage in this worker, its prints in `log`: (config, result, seconds)."""
-    from accelerate.state import AcceleratorState, GradientState
-
     from vitssl.config import load_config
+    from vitssl.engine.accelerator_reset import forget_accelerator_state
 
     with _logged(log):
         # A worker runs many stages: each builds its own Accelerator, as a fresh process would.
-        AcceleratorState._reset_state(reset_partial_state=True)
-        GradientState._reset_state()
+        forget_accelerator_state()
         cfg = load_config(schema, config, overrides)
         t0 = time.perf_counter()
         result = run(cfg)

@@ -21,8 +21,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from vitssl.messages import first_line
 from vitssl.tracking.mlflow_run import MlflowRun, log_figure_as_png, resolve_tracking_uri
-from vitssl.tracking.spool import REJECTED_FILE, Spool, apply_call, log_metric_steps
+from vitssl.tracking.spool import REJECTED_FILE, Spool, apply_call
 
 # MLflow's client otherwise retries an unreachable server for minutes (7 retries, 120 s timeout).
 BOUNDED_CLIENT = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
@@ -46,11 +47,6 @@ def _groups(items: list[tuple]) -> list[list[tuple]]:
         else:
             groups.append([item])
     return groups
-
-
-def _reason(err: BaseException) -> str:
-    text = str(err).strip().splitlines()
-    return (text[0] if text else type(err).__name__)[:200]
 
 
 class BufferedRun:
@@ -92,7 +88,7 @@ class BufferedRun:
                 if time.monotonic() + self.probe_every < deadline:
                     time.sleep(self.probe_every)
                     continue
-                where = f"MLflow at {self.tracking_uri} unreachable for {self.start_timeout:.0f} s ({_reason(err)})"
+                where = f"MLflow at {self.tracking_uri} unreachable for {self.start_timeout:.0f} s ({first_line(err)})"
                 if self.required:
                     raise TrackingUnavailable(
                         f"{where}: start the server or fix run.tracking_uri, or set "
@@ -208,7 +204,7 @@ class BufferedRun:
         try:
             self.inner.run_id = run_id or self.run_id
             if method == "log_metrics":
-                log_metric_steps(self.inner, [(kw["metrics"], kw["step"]) for _, _, kw in group])
+                self.inner.log_metric_steps([(kw["metrics"], kw["step"]) for _, _, kw in group])
             else:
                 apply_call(self.inner, method, kwargs)
             if method == "log_artifact":
@@ -217,11 +213,11 @@ class BufferedRun:
             if self._server_back():  # the server answers but refused this call: keep it aside
                 self.spool.folder.mkdir(parents=True, exist_ok=True)
                 with open(self.spool.folder / REJECTED_FILE, "a") as f:
-                    f.write(json.dumps({"method": method, "kwargs": kwargs, "error": _reason(err)}) + "\n")
-                print(f"warning: MLflow refused {method} ({_reason(err)}); kept in "
+                    f.write(json.dumps({"method": method, "kwargs": kwargs, "error": first_line(err)}) + "\n")
+                print(f"warning: MLflow refused {method} ({first_line(err)}); kept in "
                       f"{self.spool.folder / REJECTED_FILE}", flush=True)
                 return
-            print(f"warning: MLflow at {self.tracking_uri} unreachable ({_reason(err)}); training goes on, "
+            print(f"warning: MLflow at {self.tracking_uri} unreachable ({first_line(err)}); training goes on, "
                   f"calls are kept in {self.spool.ops_file} until it is back", flush=True)
             self.offline = True
             for run_id_, method_, kwargs_ in group:
@@ -230,7 +226,7 @@ class BufferedRun:
     def _server_back(self) -> bool:
         """Reachable again? If so, the spool is replayed first (order kept)."""
         try:
-            self.inner._client.search_experiments(max_results=1)
+            self.inner.check_reachable()
             if self.spool:
                 created = self.spool.replay(self.inner)
                 self.run_id = self.run_id or created

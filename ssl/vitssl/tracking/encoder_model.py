@@ -3,7 +3,7 @@
 The logged model `encoder` (a child of the pretraining run, `models:/<model_id>`) holds
 - an `mlflow.pytorch` model with a tensor signature: `mlflow.pytorch.load_model(uri)` gives the
   nn.Module back (vitssl must be importable), and
-- `extra_files/encoder.pt`, the plain-data export (arch, arguments, fp32 state dict) that vitssl's
+- `extra_files/encoder.pt`, the plain-data export (arch, options, input size, fp32 state dict) that vitssl's
   fine-tuning rebuilds the encoder from, loaded with `weights_only=True`, and
 - beside it `config.json`, `model.safetensors` and `README.md` (vitssl.export.write): the folder
   `mlflow artifacts download` gives is one `timm.create_model("local-dir:<folder>", pretrained=True)`
@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from vitssl.models import encoder_from_export
+from vitssl.models import Encoder, arch_of, encoder_from_export
 
 MODEL_NAME = "encoder"  # runs:/<run_id>/encoder resolves to it
 EXPORT_FILE = "encoder.pt"
@@ -40,12 +40,9 @@ def fp32_export(export: dict) -> dict:
     return export | {"state_dict": state}
 
 
-def example_input(export: dict, batch: int = 2) -> torch.Tensor:
+def example_input(encoder: Encoder, batch: int = 2) -> torch.Tensor:
     """Zeros of the shape the encoder takes: (B, C, H, W), or (B, C, T, H, W) for clip encoders."""
-    a = export["args"]
-    frames = a.get("frames", 1)
-    spatial = (a["img_size"], a["img_size"])
-    return torch.zeros(batch, a["in_chans"], *((frames,) if frames > 1 else ()), *spatial)
+    return torch.zeros(batch, *encoder.input_shape)
 
 
 def timm_files(export: dict, folder: Path, tracking_uri: str, run_id: str) -> list[str]:
@@ -74,7 +71,7 @@ def log_encoder(tracking_uri: str, run_id: str, export: dict, step: int, registe
     encoder = encoder_from_export(export)
     encoder.load_state_dict(export["state_dict"], strict=True)
     encoder.eval()
-    x = example_input(export)
+    x = example_input(encoder)
     with torch.no_grad():
         signature = infer_signature(x.numpy(), encoder(x).numpy())
     mlflow.set_tracking_uri(tracking_uri)  # log_model and register_model use the global URI
@@ -83,7 +80,7 @@ def log_encoder(tracking_uri: str, run_id: str, export: dict, step: int, registe
     model = mlflow.initialize_logged_model(
         name=MODEL_NAME, source_run_id=run_id, model_type=MODEL_TYPE,
         experiment_id=mlflow.MlflowClient().get_run(run_id).info.experiment_id,
-        tags={"vitssl.arch": export.get("arch", "vit"), "vitssl.objective": str(export.get("objective")),
+        tags={"vitssl.arch": arch_of(encoder), "vitssl.objective": str(export.get("objective")),
               **(tags or {})})
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / EXPORT_FILE

@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 
 from vitssl.config import ConfigError
+from vitssl.messages import first_line
 from vitssl.tracking.encoder_model import EXPORT_FILE, EXPORT_IN_MODEL, MODEL_NAME
 
 RUN_ID = re.compile(r"^[0-9a-f]{32}$")
@@ -65,11 +66,6 @@ def normalise(spec: str) -> str:
                                f"or models:/<model_id>")
         return f"models:/{name}@{ref}" if ref and not ref.isdigit() else f"models:/{name}{'/' + ref if ref else ''}"
     raise HandoffError(f"finetune.pretrained={spec!r} is not an MLflow reference (runs:/, models:/ or a run id)")
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0][:200] if text else type(err).__name__
 
 
 @contextmanager
@@ -137,11 +133,11 @@ def _read_export(downloaded: Path, spec: str, uri: str) -> dict:
                            f"pretraining run logs it as runs:/<run_id>/{MODEL_NAME})")
     try:
         export = torch.load(path, map_location="cpu", weights_only=True)
-        if not {"args", "state_dict"} <= set(export):
-            raise KeyError("args/state_dict")
+        if "state_dict" not in export or not {"model", "args"} & set(export):
+            raise KeyError("model/state_dict")
     except Exception as e:  # unpickling or a missing key: either way not an export
         raise HandoffError(f"finetune.pretrained={spec!r}: the {EXPORT_FILE} in {uri} is not a vitssl encoder export "
-                           f"({type(e).__name__}: {_first_line(e)})") from None
+                           f"({type(e).__name__}: {first_line(e)})") from None
     return export
 
 
@@ -157,7 +153,7 @@ def fetch_encoder(spec: str, tracking_uri: str) -> Handoff:
     except Exception as e:
         what = "does not exist" if _missing(e) else "could not be looked up"
         raise HandoffError(f"finetune.pretrained={spec!r}: {uri} {what} in the tracking store {tracking_uri} "
-                           f"({_first_line(e)})") from None
+                           f"({first_line(e)})") from None
     with tempfile.TemporaryDirectory(prefix="vitssl-pretrained-") as tmp:
         try:
             with _no_progress_bar():
@@ -166,7 +162,7 @@ def fetch_encoder(spec: str, tracking_uri: str) -> Handoff:
         except Exception as e:
             reason = (f"has no such artifact (a finished vitssl pretraining run logs runs:/<run_id>/{MODEL_NAME})"
                       if _missing(e) else f"could not be downloaded from {tracking_uri}")
-            raise HandoffError(f"finetune.pretrained={spec!r}: {uri} {reason} ({_first_line(e)})") from None
+            raise HandoffError(f"finetune.pretrained={spec!r}: {uri} {reason} ({first_line(e)})") from None
         export = _read_export(Path(local), spec, uri)
     return Handoff(uri, export, run_id, model_id, experiment)
 

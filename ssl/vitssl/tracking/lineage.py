@@ -54,8 +54,9 @@ def shard_dataset(shard_dir: str | Path, split: str):
                "data_source": manifest.get("source", {}), "prep_command": manifest.get("command", "")}
     meta = MetaDataset(_dataset_source(str(shard_dir)),
                        name=f"{manifest.get('dataset', Path(shard_dir).name)}-{split}", digest=sha[:DIGEST_CHARS])
-    entity = meta._to_mlflow_entity()  # MetaDataset carries no profile: add the counts to its entity
-    return Dataset(entity.name, entity.digest, entity.source_type, entity.source, profile=json.dumps(profile))
+    d = meta.to_dict()  # the public description of the dataset; MetaDataset has no profile: add the counts
+    return Dataset(d["name"], d["digest"], d["source_type"], d["source"], schema=d.get("schema"),
+                   profile=json.dumps(profile))
 
 
 def _dataset_source(spec: str):

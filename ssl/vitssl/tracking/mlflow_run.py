@@ -13,6 +13,7 @@ from typing import Any
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 PARAM_MAX_CHARS = 6000  # MLflow's limit for one param value
+MAX_METRICS_PER_BATCH = 1000  # MLflow's limit for one log_batch
 
 
 def resolve_tracking_uri(configured: str | None) -> str:
@@ -71,14 +72,24 @@ class MlflowRun:
                 self._client.set_tag(self.run_id, k, str(v))
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
-        if not self.enabled or not metrics:
+        self.log_metric_steps([(metrics, step)])
+
+    def log_metric_steps(self, steps: list[tuple[dict[str, float], int]]) -> None:
+        """Metrics of many steps in as few requests as MLflow allows: a backlog drains quickly."""
+        if not self.enabled:
             return
         import time
 
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
-        self._client.log_batch(self.run_id, metrics=[Metric(k, float(v), now, step) for k, v in metrics.items()])
+        metrics = [Metric(k, float(v), now, step) for values, step in steps for k, v in values.items()]
+        for i in range(0, len(metrics), MAX_METRICS_PER_BATCH):
+            self._client.log_batch(self.run_id, metrics=metrics[i:i + MAX_METRICS_PER_BATCH])
+
+    def check_reachable(self) -> None:
+        """One cheap request to the tracking server; raises when it cannot be reached."""
+        self._client.search_experiments(max_results=1)
 
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
         if self.enabled:

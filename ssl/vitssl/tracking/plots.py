@@ -20,8 +20,15 @@ def curve_figure(series: dict[str, list[tuple[int, float]]], xlabel: str = "step
     return fig
 
 
+def image_arrays(images) -> list:
+    """(N, C, H, W) tensor in [0, 1] -> N arrays imshow takes: (H, W) grey, or (H, W, C) colour."""
+    images = images.detach().float().cpu()
+    return [im[0].numpy() if im.shape[0] == 1 else im.permute(1, 2, 0).numpy() for im in images]
+
+
 def image_rows_figure(rows: dict[str, "list"], title: str = ""):
-    """rows: name -> list of (H, W) or (H, W, 3) arrays, drawn as one labelled row each."""
+    """rows: name -> (N, C, H, W) tensor, or a list of (H, W) or (H, W, 3) arrays; one labelled row each."""
+    rows = {name: v if isinstance(v, list) else image_arrays(v) for name, v in rows.items()}
     names = list(rows)
     cols = max(len(v) for v in rows.values())
     fig, axes = plt.subplots(len(names), cols, figsize=(1.2 * cols, 1.3 * len(names)), squeeze=False)
@@ -34,6 +41,11 @@ def image_rows_figure(rows: dict[str, "list"], title: str = ""):
         axes[r][0].set_title(name, fontsize=8, loc="left")
     fig.suptitle(title)
     return fig
+
+
+def draw(figure):
+    """The matplotlib figure of what an objective asked to draw (vitssl.objectives.base.ImageRows)."""
+    return image_rows_figure(figure.rows, figure.title)
 
 
 def close(fig) -> None:

@@ -14,26 +14,16 @@ import json
 import shutil
 import sys
 import threading
-import time
 import uuid
 from pathlib import Path
 from typing import Any
+
+from vitssl.messages import first_line
 
 SPOOL_DIR = "mlflow-spool"
 OPS_FILE = "ops.jsonl"
 REJECTED_FILE = "rejected.jsonl"
 TERMINAL = "end"  # applied last, so a replayed run ends with its final status
-MAX_METRICS_PER_BATCH = 1000  # MLflow's limit for one log_batch
-
-
-def log_metric_steps(run, steps: list[tuple[dict[str, float], int]]) -> None:
-    """Metrics of many steps in as few requests as MLflow allows: a backlog drains quickly."""
-    from mlflow.entities import Metric
-
-    now = int(time.time() * 1000)
-    metrics = [Metric(k, float(v), now, step) for values, step in steps for k, v in values.items()]
-    for i in range(0, len(metrics), MAX_METRICS_PER_BATCH):
-        run._client.log_batch(run.run_id, metrics=metrics[i:i + MAX_METRICS_PER_BATCH])
 
 
 def apply_call(run, method: str, kwargs: dict[str, Any]) -> None:
@@ -113,7 +103,7 @@ class Spool:
                     if fresh:
                         steps.append((fresh, step))
                     j += 1
-                log_metric_steps(run, steps)
+                run.log_metric_steps(steps)
                 i = j
             except Exception:
                 rest = [dict(o, run_id=o["run_id"] or created) for o in ops[i:]]
@@ -156,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         run_id = spool.replay(run)
     except Exception as e:  # noqa: BLE001 - one line for the user, the spool stays for another try
-        print(f"error: replay into {run.tracking_uri} stopped: {str(e).splitlines()[0][:300]} "
+        print(f"error: replay into {run.tracking_uri} stopped: {first_line(e, 300)} "
               f"(the spool is kept: run this again when the server is reachable)", file=sys.stderr)
         return 1
     print(f"replayed {n} call(s) into run {run_id} at {run.tracking_uri}")
