@@ -2,7 +2,8 @@
 
     accelerate launch [--config_file ...] launch/finetune.py --config configs/mnist012/finetune.yaml \
         finetune.pretrained=<runs:/<id> | models:/<name>/<version|alias> | models:/<model_id> | run id
-                             | checkpoint folder | pretrain output dir | none> \
+                             | checkpoint folder | pretrain output dir | timm / mae weights file or folder
+                             | cached timm model name | none> \
         finetune.mode=finetune|linear|knn [key.sub=value ...]
 """
 from __future__ import annotations

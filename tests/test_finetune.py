@@ -91,7 +91,7 @@ def test_wrong_pretrained_is_a_clear_error(pretrained, tmp_path):
         resolve_pretrained("0123456789abcdef0123456789abcdef", uri)
     with pytest.raises(PretrainedError, match="runs:/0123456789abcdef0123456789abcdef/model does not exist"):
         resolve_pretrained("runs:/0123456789abcdef0123456789abcdef/model", uri)
-    with pytest.raises(PretrainedError, match="no such folder, and not an MLflow reference"):
+    with pytest.raises(PretrainedError, match="no such file or folder, not a cached timm model name, and not an MLflow reference"):
         resolve_pretrained(str(tmp_path / "missing"), uri)
     (tmp_path / "empty").mkdir()
     with pytest.raises(PretrainedError, match="neither a checkpoint folder"):
@@ -115,11 +115,13 @@ def test_wrong_pretrained_is_a_clear_error(pretrained, tmp_path):
     with pytest.raises(PretrainedError, match="not a vitssl encoder export"):
         resolve_pretrained(str(other), uri)  # read once, when it is found
 
-    # An encoder for other images than the data.
-    cfg = ft_config(pretrained, tmp_path / "x", f"finetune.pretrained={pretrained['checkpoint']}",
-                    "data.image_size=32", "model.patch_size=8")
-    with pytest.raises(PretrainedError, match="takes 1x28x28 images, data gives 1x32x32"):
-        build_encoder(cfg, resolve_pretrained(cfg.finetune.pretrained, uri))
+    # An encoder for other images than the data: a size its patches do not divide, more channels.
+    for overrides, says in ((["data.image_size=32", "model.patch_size=8"],
+                             "data.image_size 32 is not divisible by the patch size 7"),
+                            (["data.channels=3"], "takes 1-channel images, data gives 3")):
+        cfg = ft_config(pretrained, tmp_path / "x", f"finetune.pretrained={pretrained['checkpoint']}", *overrides)
+        with pytest.raises(PretrainedError, match=says):
+            build_encoder(cfg, resolve_pretrained(cfg.finetune.pretrained, uri))
 
 
 def test_cli_exits_2_with_error_for_a_wrong_pretrained(pretrained, tmp_path, capsys):

@@ -191,7 +191,8 @@ def test_an_encoder_that_does_not_fit_the_fine_tune_config_is_one_error_naming_t
     spec = f"runs:/{s['run_id']}"
     found = resolve_pretrained(spec, s["uri"])
     base = [f"data.shards={mnist012}", f"finetune.pretrained={spec}", f"run.output_dir={tmp_path / 'out'}"]
-    for overrides, says in ((["data.image_size=32", "model.patch_size=8"], "takes 1x28x28 images, data gives 1x32x32"),
+    for overrides, says in ((["data.image_size=32", "model.patch_size=8"], "data.image_size 32 is not divisible by "
+                                                                           "the patch size 7 of the encoder"),
                             (["model={arch: cnn}"], "holds a vit encoder, the config asks for model.arch cnn")):
         cfg = load_config(FinetuneConfig, FINETUNE, base + overrides)
         with pytest.raises(PretrainedError) as err:

@@ -62,7 +62,10 @@ def set_drop_path(encoder: torch.nn.Module, rate: float) -> None:
 
 def run_finetune(cfg: FinetuneConfig) -> FinetuneResult:
     ft = cfg.finetune
-    pretrained = resolve_pretrained(ft.pretrained, cfg.run.tracking_uri)
+    if cfg.model.init != "none":
+        raise ConfigError(f"model.init={cfg.model.init!r} starts a pretraining run; a fine-tune starts from "
+                          f"finetune.pretrained")
+    pretrained = resolve_pretrained(ft.pretrained, cfg.run.tracking_uri, cfg.model)
     # The teacher is built before seeding, so the student starts exactly as a plain fine-tune would.
     teacher = load_teacher(ft.teacher, cfg.run.tracking_uri) if ft.teacher != "none" else None
     if teacher is not None and pretrained.scratch:
@@ -75,7 +78,7 @@ def run_finetune(cfg: FinetuneConfig) -> FinetuneResult:
         run.inputs = [("training", cfg.data.split)] + [("evaluation", split) for split in ft.splits(cfg.data)]
         if pretrained.handoff is not None:  # the run records the exact logged model it consumed
             run.on_new_run = partial(link_pretrained, run.tracker.tracking_uri, handoff=pretrained.handoff)
-        encoder = build_encoder(cfg, pretrained)
+        encoder = build_encoder(cfg, pretrained, run.accelerator.print)
         if ft.mode == "finetune":
             return _finetune(run, cfg, encoder, pretrained, teacher)
         return _frozen(run, cfg, encoder)

@@ -7,6 +7,7 @@ from vitssl.config import PretrainConfig
 from vitssl.data import make_eval_loader
 from vitssl.engine.accelerator import build_accelerator
 from vitssl.engine.checkpoint import ENCODER_FILE
+from vitssl.engine.model_init import load_init, resolve_init
 from vitssl.engine.run import RunSession
 from vitssl.engine.trainer import FitResult
 from vitssl.models import encoder_export
@@ -18,10 +19,13 @@ def run_pretrain(cfg: PretrainConfig) -> FitResult:
     parse_options(cfg)  # objective options fail here, before any process does work
     name = cfg.objective["name"]
     accelerator = build_accelerator(cfg.run, cfg.data.batch_size)
+    cfg, init = resolve_init(cfg, accelerator.print)  # model.init: the model section becomes the weights'
     session = RunSession(cfg, cfg.run.experiment, cfg.run.run_name or cfg.run.name,
                          {"vitssl.stage": "pretrain", "vitssl.objective": name}, accelerator)
     with session as run:
         objective = build_objective(cfg)
+        if init is not None:  # a resumed run then continues from its checkpoint instead
+            load_init(objective, init, run.accelerator.print)
         figure_batch = None
         if cfg.run.figure_every:  # on every process: under ZeRO-3 all of them join the figures' forward
             figure_batch = next(iter(make_eval_loader(cfg.data.shards, cfg.data.eval_split, batch_size=8,

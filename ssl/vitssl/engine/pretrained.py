@@ -3,23 +3,28 @@
 resolve_pretrained:  `finetune.pretrained` -> the encoder: a checkpoint folder or pretrain output dir
                      (its latest checkpoint) read in place; runs:/<id>[/path], models:/<name>/<version|alias>,
                      models:/<model_id> or a bare run id downloaded through MLflow (vitssl.tracking.handoff);
-                     none trains from scratch.
+                     a timm-layout or mae weights file or folder, or a cached timm model name
+                     (vitssl.export.foreign); none trains from scratch.
 load_encoder:        rebuild the encoder (any registered arch) from the saved arguments and load
                      exactly its weights.
 load_teacher:        a fine-tuned classifier, frozen, for label-free distillation.
+`model.init` for pretraining reads the same sources: vitssl.engine.model_init.
 """
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import torch
 
 from vitssl.config import ConfigError
 from vitssl.config.finetune import FinetuneConfig
 from vitssl.engine.checkpoint import ENCODER_FILE, TRAINER_STATE, latest_checkpoint
-from vitssl.models import arch_of, encoder_from_config, encoder_from_export
+from vitssl.export.foreign import WeightsError, read_foreign
+from vitssl.export.resize import fit_to_data
+from vitssl.models import EncoderOptions, encoder_from_config, encoder_from_export, export_options
 from vitssl.objectives.distill import FrozenClassifier
 from vitssl.tracking import resolve_tracking_uri
 from vitssl.tracking.handoff import Handoff, HandoffError, fetch_encoder, is_mlflow_reference
@@ -37,36 +42,47 @@ class Pretrained:
     objective: str = "none"
     handoff: Handoff | None = None  # the export downloaded through MLflow, and which artifact it was
     export: dict | None = None  # encoder.pt's content, read once (None: from scratch)
+    imported: str | None = None  # a timm / mae file, folder or timm model name the export was converted from
 
     @property
     def scratch(self) -> bool:
-        return self.folder is None and self.handoff is None
+        return self.export is None
 
     @property
     def source(self) -> str:
-        """Where the encoder came from: the MLflow URI it was downloaded from, or the checkpoint folder."""
-        return self.handoff.uri if self.handoff else str(self.folder or "none")
+        """Where the encoder came from: the MLflow URI it was downloaded from, the imported weights, or the
+        checkpoint folder."""
+        return self.handoff.uri if self.handoff else self.imported or str(self.folder or "none")
 
 
-def resolve_pretrained(spec: str, tracking_uri: str | None) -> Pretrained:
-    """Find the checkpoint folder that `finetune.pretrained` names (see FinetuneOptions.pretrained)."""
+def resolve_pretrained(spec: str, tracking_uri: str | None, model=None,
+                       key: str = "finetune.pretrained", check_model: bool = True) -> Pretrained:
+    """Find the encoder that `finetune.pretrained` (or `model.init`: `key`) names (see FinetuneOptions.pretrained).
+    `model`: the config's model section, for what imported weights do not say (a ViT's num_heads); with
+    `check_model`, its explicitly set keys must agree with imported weights."""
     if spec == "none":
         return Pretrained(None)
-    import mlflow
-
-    client = mlflow.MlflowClient(tracking_uri=resolve_tracking_uri(tracking_uri))
+    try:
+        export = read_foreign(spec, model, key, check_model)
+    except WeightsError as e:
+        raise PretrainedError(str(e)) from None
+    if export is not None:
+        return Pretrained(None, objective=_objective(export), export=export, imported=spec)
     path = Path(spec)
     if path.is_dir():
         folder = path if (path / ENCODER_FILE).is_file() else latest_checkpoint(path)
         if folder is None:
             raise PretrainedError(
-                f"finetune.pretrained={spec!r} is neither a checkpoint folder (with {ENCODER_FILE}) nor a pretrain "
+                f"{key}={spec!r} is neither a checkpoint folder (with {ENCODER_FILE}) nor a pretrain "
                 f"output dir holding complete checkpoint-* folders")
         run_id = None
         if (folder / TRAINER_STATE).is_file():
             run_id = json.loads((folder / TRAINER_STATE).read_text()).get("mlflow_run_id")
         experiment = None
         if run_id:
+            import mlflow
+
+            client = mlflow.MlflowClient(tracking_uri=resolve_tracking_uri(tracking_uri))
             try:
                 experiment = client.get_experiment(client.get_run(run_id).info.experiment_id).name
             except Exception:  # the run lives in another store: keep its id, use run.experiment
@@ -74,9 +90,9 @@ def resolve_pretrained(spec: str, tracking_uri: str | None) -> Pretrained:
         export = read_export(folder)
         return Pretrained(folder, run_id, experiment, _objective(export), export=export)
     if not is_mlflow_reference(spec):
-        raise PretrainedError(f"finetune.pretrained={spec!r}: no such folder, and not an MLflow reference "
-                              f"(runs:/<run_id>[/path], models:/<name>/<version|alias>, models:/<model_id>, or "
-                              f"a run id); use none to train from scratch")
+        raise PretrainedError(f"{key}={spec!r}: no such file or folder, not a cached timm model name, and not an "
+                              f"MLflow reference (runs:/<run_id>[/path], models:/<name>/<version|alias>, "
+                              f"models:/<model_id>, or a run id); use none to train from scratch")
     try:
         handoff = fetch_encoder(spec, resolve_tracking_uri(tracking_uri))
     except HandoffError as e:
@@ -90,7 +106,7 @@ def _objective(export) -> str:
 
 
 def load_encoder_weights(encoder: torch.nn.Module, state_dict: dict[str, torch.Tensor], source: str) -> None:
-    """Load every encoder weight, strictly: missing, unexpected or mis-shaped keys are one error listing them."""
+    """Load every encoder weight, strictly: missing, unexpected or mis-shaped keys are one error line listing them."""
     own = encoder.state_dict()
     missing = sorted(set(own) - set(state_dict))
     unexpected = sorted(set(state_dict) - set(own))
@@ -101,7 +117,7 @@ def load_encoder_weights(encoder: torch.nn.Module, state_dict: dict[str, torch.T
                  for name, keys in (("missing", missing), ("unexpected", unexpected), ("shape mismatch", shapes))
                  if keys]
         raise PretrainedError(f"the encoder weights in {source} do not fit the encoder its arguments describe "
-                              f"(another architecture?):\n  " + "\n  ".join(parts))
+                              f"(another architecture?): " + "; ".join(parts))
     encoder.load_state_dict(state_dict, strict=True)
 
 
@@ -122,6 +138,14 @@ def load_encoder(folder: Path) -> tuple[torch.nn.Module, dict]:
     return rebuild_encoder(export, str(folder / ENCODER_FILE)), export
 
 
+def export_options_of(export: dict, source: str) -> tuple[EncoderOptions, int, int]:
+    """(options, image size, channels) of an export; PretrainedError when it is not one."""
+    try:
+        return export_options(export)
+    except Exception as e:  # a missing key, an unknown arch or option: all mean "not an export"
+        raise PretrainedError(f"{source} is not a vitssl encoder export ({type(e).__name__}: {e})") from None
+
+
 def rebuild_encoder(export: dict, source: str) -> torch.nn.Module:
     try:
         encoder = encoder_from_export(export)
@@ -132,10 +156,14 @@ def rebuild_encoder(export: dict, source: str) -> torch.nn.Module:
     return encoder
 
 
+def export_source(found: Pretrained) -> str:
+    return found.handoff.uri if found.handoff else found.imported or str(found.folder / ENCODER_FILE)
+
+
 def pretrained_encoder(found: Pretrained) -> tuple[torch.nn.Module, dict]:
-    """The encoder and export `found` names, from its MLflow download or its checkpoint folder."""
-    source = found.handoff.uri if found.handoff else str(found.folder / ENCODER_FILE)
-    return rebuild_encoder(found.export, source), found.export
+    """The encoder and export `found` names, from its MLflow download, its checkpoint folder or the
+    imported weights, at the size it was saved for."""
+    return rebuild_encoder(found.export, export_source(found)), found.export
 
 
 def load_teacher(spec: str, tracking_uri: str | None) -> FrozenClassifier:
@@ -154,18 +182,27 @@ def load_teacher(spec: str, tracking_uri: str | None) -> FrozenClassifier:
     return FrozenClassifier(encoder, head, export.get("config", {}).get("finetune", {}).get("pool", "cls"))
 
 
-def build_encoder(cfg: FinetuneConfig, pretrained: Pretrained) -> torch.nn.Module:
+def build_encoder(cfg: FinetuneConfig, pretrained: Pretrained, say: Callable[[str], None] = print) -> torch.nn.Module:
+    """The encoder to fine-tune: from scratch, or the pretrained one rebuilt for the data's image size
+    (position embeddings recomputed or resampled, `say` tells which) and channels."""
     if pretrained.scratch:
         return encoder_from_config(cfg.model, cfg.data)
-    encoder, export = pretrained_encoder(pretrained)
-    arch = arch_of(encoder)
+    export = pretrained.export
+    arch = export_options_of(export, export_source(pretrained))[0].arch
     if "arch" in cfg.model.model_fields_set and cfg.model.arch != arch:
         raise PretrainedError(f"finetune.pretrained={cfg.finetune.pretrained!r}: {pretrained.source} holds a {arch} "
                               f"encoder, the config asks for model.arch {cfg.model.arch} (drop model.arch: a "
                               f"pretrained encoder is rebuilt from its own arguments)")
-    e, d = encoder, cfg.data
-    if (e.image_size, e.channels) != (d.image_size, d.channels):
-        raise PretrainedError(f"the encoder in {pretrained.source} takes {e.channels}x{e.image_size}x{e.image_size} "
-                              f"images, data gives {d.channels}x{d.image_size}x{d.image_size} "
-                              f"(data.image_size / data.channels)")
-    return encoder
+    fitted = fit_export(export, cfg.data, pretrained.source, say)
+    return rebuild_encoder(fitted, export_source(pretrained))
+
+
+def fit_export(export: dict, data, source: str, say: Callable[[str], None]) -> dict:
+    """`export` for the data's image size and channels; says what the import and the fitting did."""
+    try:
+        fitted, notes = fit_to_data(export, data.image_size, data.channels, source)
+    except ConfigError as e:
+        raise PretrainedError(str(e)) from None
+    for note in export.get("notes", []) + notes:
+        say(f"{source}: {note}")
+    return fitted

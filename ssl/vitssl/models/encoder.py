@@ -9,8 +9,10 @@ options plus the data's image size and channels. The options are also what a che
 """
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
 # What an objective may require beyond the interface below (see Objective.requires).
@@ -28,6 +30,15 @@ class EncoderOptions(BaseModel):
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     arch: str
+    init: str = Field("none", description="pretraining: start from these weights (anything finetune.pretrained "
+                                          "accepts, timm / mae files and cached timm names included); none")
+
+    # Options a run may change without changing the weights they describe; the weights fix all others.
+    run_options: ClassVar[frozenset[str]] = frozenset({"init"})
+
+    def weight_options(self) -> dict:
+        """The options the weights fix (arch and sizes): what weights loaded into this encoder must agree with."""
+        return self.model_dump(mode="json", exclude=set(self.run_options))
 
     def check_data(self, image_size: int, channels: int) -> None:
         """The rules that need the data section (ValueError naming data.* and model.* keys)."""

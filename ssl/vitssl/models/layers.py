@@ -2,6 +2,8 @@
 and the options (with their shape rules) every transformer encoder shares."""
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch
 import torch.nn.functional as F
 from pydantic import Field, model_validator
@@ -153,6 +155,8 @@ class TransformerOptions(EncoderOptions):
     mlp_ratio: float = Field(4.0, gt=0)
     dropout: float = Field(0.0, ge=0, lt=1)
     attn_dropout: float = Field(0.0, ge=0, lt=1)
+
+    run_options: ClassVar[frozenset[str]] = EncoderOptions.run_options | {"dropout", "attn_dropout"}
 
     @model_validator(mode="after")
     def _heads(self):

@@ -4,7 +4,10 @@ The logged model `encoder` (a child of the pretraining run, `models:/<model_id>`
 - an `mlflow.pytorch` model with a tensor signature: `mlflow.pytorch.load_model(uri)` gives the
   nn.Module back (vitssl must be importable), and
 - `extra_files/encoder.pt`, the plain-data export (arch, options, input size, fp32 state dict) that vitssl's
-  fine-tuning rebuilds the encoder from, loaded with `weights_only=True`.
+  fine-tuning rebuilds the encoder from, loaded with `weights_only=True`, and
+- beside it `config.json`, `model.safetensors` and `README.md` (vitssl.export.write): the folder
+  `mlflow artifacts download` gives is one `timm.create_model("local-dir:<folder>", pretrained=True)`
+  loads without vitssl (for encoders timm has an equivalent of).
 With `register_as`, the model also becomes the next version of that registered model.
 """
 from __future__ import annotations
@@ -42,6 +45,22 @@ def example_input(encoder: Encoder, batch: int = 2) -> torch.Tensor:
     return torch.zeros(batch, *encoder.input_shape)
 
 
+def timm_files(export: dict, folder: Path, tracking_uri: str, run_id: str) -> list[str]:
+    """The export as timm / Hugging Face files (weights, config, model card), or none, said in one line,
+    for an encoder timm has no equivalent of."""
+    from vitssl.export.card import class_names, model_card, run_facts
+    from vitssl.export.timm_layout import NoTimmEquivalent, to_timm
+    from vitssl.export.write import write_folder
+
+    try:
+        card = model_card(export, to_timm(export), run_facts(run_id, tracking_uri))
+        written = write_folder(export, folder, card, class_names(export))
+    except NoTimmEquivalent as e:
+        print(f"logged encoder: no timm files ({e})")
+        return []
+    return [str(folder / name) for name in written.files]
+
+
 def log_encoder(tracking_uri: str, run_id: str, export: dict, step: int, register_as: str | None = None,
                 tags: dict[str, str] | None = None) -> LoggedEncoder:
     """Log `export` as the run's `encoder` model (and register it as `register_as`)."""
@@ -66,9 +85,10 @@ def log_encoder(tracking_uri: str, run_id: str, export: dict, step: int, registe
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / EXPORT_FILE
         torch.save(export, path)
+        extra = [str(path)] + timm_files(export, Path(tmp) / "timm", tracking_uri, run_id)
         info = mlflow.pytorch.log_model(
             encoder, name=MODEL_NAME, model_id=model.model_id, run_id=run_id, step=step, signature=signature,
-            input_example=x, extra_files=[str(path)],  # the example lets the default pt2 format trace it
+            input_example=x, extra_files=extra,  # the example lets the default pt2 format trace it
             # given explicitly: inferring them re-imports the model in a subprocess (slow, and may fail)
             pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
             registered_model_name=register_as, await_registration_for=60)
