@@ -2,16 +2,20 @@
 
     python launch/compare.py --experiment mnist012 [--tracking-uri URI] [--out DIR] [--parent-run ID]
 
-Prints a markdown table per evaluation split (test, test_large, val; 95% Wilson intervals in
-brackets); with --out also writes comparison.md, comparison.csv (one line per objective, mode and
-split) and comparison.png. --parent-run keeps only the runs of one study. Logs nothing to MLflow.
+Prints a markdown table per evaluation split (test, test_large, val), each captioned with what its
+brackets are (95% Wilson interval of the errors pooled over seeds) and followed by paired tests
+(exact McNemar against scratch and the best pixel baseline, on the runs' per-image predictions);
+with --out also writes comparison.md, comparison.csv (one line per objective, mode and split),
+comparison_seeds.csv (one per run), comparison_paired.csv (one per paired test and seed) and
+comparison.png. --parent-run keeps only the runs of one study. Logs nothing to MLflow.
 """
 from __future__ import annotations
 
 import argparse
 import sys
 
-from vitssl.eval.compare import SEEDS_FINETUNE, compare
+from vitssl.eval.compare import compare
+from vitssl.eval.reference import SEEDS_FINETUNE
 
 
 def main(argv: list[str] | None = None) -> int:

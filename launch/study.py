@@ -31,7 +31,8 @@ from pathlib import Path
 from vitssl.config import ConfigError, PretrainConfig, load_config
 from vitssl.config.finetune import FinetuneConfig
 from vitssl.engine.checkpoint import TRAINER_STATE, latest_checkpoint
-from vitssl.eval.compare import SEEDS_FINETUNE, compare
+from vitssl.eval.compare import compare
+from vitssl.eval.reference import SEEDS_FINETUNE
 from vitssl.study import stages
 from vitssl.study.scheduler import Job, Outcome, plan_slots, run_jobs
 from vitssl.tracking import MlflowRun, resolve_tracking_uri
@@ -147,6 +148,14 @@ def report(outcome: Outcome) -> None:
         print(f"[{outcome.name}] {outcome.status.upper()}: {outcome.error}", file=sys.stderr, flush=True)
 
 
+def log_comparison(tracker: MlflowRun, out: Path) -> None:
+    """The comparison's files (tables, per-seed values, paired tests) as artifacts of the study run."""
+    from vitssl.eval.tables import OUTPUTS
+
+    for name in OUTPUTS.values():
+        tracker.log_artifact(out / name, "comparison")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
@@ -205,7 +214,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         reference = SEEDS_FINETUNE if seeds_protocol(shards) else None
         print("\n" + compare(args.experiment, uri, out, reference=reference))
-        print(f"written: {out}/comparison.md, comparison.csv, comparison.png")
+        log_comparison(tracker, out)
+        print(f"written: {out}/comparison.md, comparison.csv, comparison_seeds.csv, comparison_paired.csv, "
+              "comparison.png (also the study run's artifacts)")
     except ValueError as e:
         failures.append(f"compare: {e}")
     tracker.end("FAILED" if failures else "FINISHED")
