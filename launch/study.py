@@ -11,8 +11,8 @@ one MLflow run; every stage is its child (`run.parent_run_id`). Every evaluation
 of the shards among val, test and test_large; pixel baselines (logistic regression, RBF SVM) are
 fitted beside. Every stage writes into <out>/runs/<objective>-s<seed>[-<mode>]; a finished
 pretraining or an evaluated mode is skipped, so running the study again (say with more seeds) only
-does what is missing. Delete a folder to redo that stage. The table is printed at the end and
-written to <out>/comparison.{md,csv,png}.
+does what is missing. Delete a folder to redo that stage. The tables (labelled intervals, paired
+tests) are printed at the end and written to <out>/comparison{.md,.csv,_seeds.csv,_paired.csv,.png}.
 
 Tracking: one SQLite file takes the writes of all workers. The study creates the store (schema
 included) before any worker starts, and MLflow opens SQLite with a 20 s busy timeout, so the few
