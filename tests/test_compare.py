@@ -294,3 +294,20 @@ def test_rows_follow_the_objective_registry():
     from vitssl.objectives import OBJECTIVES
 
     assert objective_order() == list(OBJECTIVES) and "mae" in objective_order()
+
+
+def test_several_experiments_take_the_latest_run_of_each_key(tmp_path, capsys):
+    """A sweep's fine-tunes (another experiment, run later) replace the study's in the table."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    fill_paired(uri)
+    c = mlflow.MlflowClient(tracking_uri=uri)
+    exp = c.create_experiment("sweep")
+    run = c.create_run(exp, tags={"vitssl.stage": "finetune", "vitssl.objective": "mae", "vitssl.mode": "finetune",
+                                  "vitssl.seed": "0"}).info.run_id
+    c.log_metric(run, "val_accuracy", 0.5)
+    c.set_terminated(run, "FINISHED")
+    rows = {r.objective: r for r in collect([EXP, "sweep"], uri)}
+    assert sorted(rows["mae"].accuracy("finetune", "val")) == [0.5, 1.0] and len(rows["none"].seeds) == 2
+    assert compare_cli.main(["--experiment", EXP, "sweep", "--tracking-uri", uri]) == 0
+    assert "| mae | 2 | 75.00 ± 35.36 |" in capsys.readouterr().out
+    assert compare_cli.main(["--experiment", EXP, "nope", "--tracking-uri", uri]) == 2

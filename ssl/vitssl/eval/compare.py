@@ -20,7 +20,7 @@ def objective_order() -> list[str]:
     return list(OBJECTIVES)
 
 
-def compare(experiment: str, tracking_uri: str | None = None, out: str | Path | None = None,
+def compare(experiment: str | list[str], tracking_uri: str | None = None, out: str | Path | None = None,
             parent_run: str | None = None, reference: dict[str, float] | None = None) -> str:
     """Build the tables, write comparison{.md,.csv,_seeds.csv,_paired.csv,.png} under `out` when
     given; return the Markdown."""
@@ -29,5 +29,6 @@ def compare(experiment: str, tracking_uri: str | None = None, out: str | Path | 
         raise ValueError(f"experiment {experiment!r} has no finished fine-tune runs"
                          + (f" under study run {parent_run}" if parent_run else ""))
     if out is not None:
-        write_outputs(rows, Path(out), f"{experiment}: accuracy by objective and mode", reference)
+        names = experiment if isinstance(experiment, str) else " + ".join(experiment)
+        write_outputs(rows, Path(out), f"{names}: accuracy by objective and mode", reference)
     return to_markdown(rows, reference)

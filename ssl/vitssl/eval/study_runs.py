@@ -4,7 +4,7 @@ rows (objective, variant) of per-seed scores, with each run's per-image predicti
 Reads MLflow only (search_runs over tags), so it works the same on a SQLite store and an `mlflow
 server`. A run reports `<split>_accuracy`, `<split>_errors` and `<split>_n` for every split it
 evaluated (older runs: `test_accuracy` only). For each (objective, variant, mode, seed) the latest
-finished run counts. `parent_run` keeps only the children of one study run. The `variant` tag
+finished run counts, across all the experiments given. `parent_run` keeps only the children of one study run. The `variant` tag
 (launch/sweep.py, or run.tags in a config) tells apart runs of one objective with other settings.
 """
 from __future__ import annotations
@@ -67,18 +67,21 @@ def _client(tracking_uri: str | None):
     return mlflow.MlflowClient(tracking_uri=resolve_tracking_uri(tracking_uri))
 
 
-def search(experiment: str, tracking_uri: str | None = None, parent_run: str | None = None) -> list:
-    """The finished fine-tune / linear / kNN / baseline runs of the experiment, newest first."""
+def search(experiment: str | list[str], tracking_uri: str | None = None, parent_run: str | None = None) -> list:
+    """The finished fine-tune / linear / kNN / baseline runs of the experiment(s), newest first."""
     client = _client(tracking_uri)
-    found = client.get_experiment_by_name(experiment)
-    if found is None:
-        raise ValueError(f"no MLflow experiment {experiment!r} in {client.tracking_uri}")
+    ids = []
+    for name in [experiment] if isinstance(experiment, str) else experiment:
+        found = client.get_experiment_by_name(name)
+        if found is None:
+            raise ValueError(f"no MLflow experiment {name!r} in {client.tracking_uri}")
+        ids.append(found.experiment_id)
     runs = []
     for stage in STAGES:  # MLflow's filter has no IN for tags: one search per stage
         query = f"tags.`vitssl.stage` = '{stage}' and attributes.status = 'FINISHED'"
         if parent_run:
             query += f" and tags.`mlflow.parentRunId` = '{parent_run}'"
-        runs += client.search_runs([found.experiment_id], query, max_results=50_000)
+        runs += client.search_runs(ids, query, max_results=50_000)
     return sorted(runs, key=lambda r: r.info.start_time, reverse=True)
 
 
@@ -120,7 +123,7 @@ def load_predictions(client, run_id: str) -> dict[str, SplitOutcome]:
         return from_csv(Path(client.download_artifacts(run_id, PREDICTIONS, tmp)).read_text())
 
 
-def collect(experiment: str, tracking_uri: str | None = None, parent_run: str | None = None,
+def collect(experiment: str | list[str], tracking_uri: str | None = None, parent_run: str | None = None,
             order: list[str] | None = None) -> list[Row]:
     """Rows of per-seed scores: baselines first, then scratch, then the objectives in `order` (others
     after them by name); within an objective, variants by fine-tune, then linear, then kNN accuracy
