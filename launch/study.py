@@ -15,8 +15,8 @@ The study is one MLflow run; every stage is its child (`run.parent_run_id`). Eve
 each split of the shards among val, test and test_large; pixel baselines (logistic regression, RBF
 SVM) are fitted beside. Every stage writes into <out>/runs/<objective>-s<seed>[-<mode>]; a finished
 pretraining or an evaluated mode is skipped, so running the study again (say with more seeds) only
-does what is missing. Delete a folder to redo that stage. The table is printed at the end and
-written to <out>/comparison.{md,csv,png}. --shards takes what data.shards takes: a folder, a base
+does what is missing. Delete a folder to redo that stage. The tables (labelled intervals, paired
+tests) are printed at the end and written to <out>/comparison{.md,.csv,_seeds.csv,_paired.csv,.png}. --shards takes what data.shards takes: a folder, a base
 URL (http://host/mnist012), a shard URL list.
 
 Tracking: one SQLite file takes the writes of all workers. The study creates the store (schema

@@ -127,5 +127,5 @@ def test_sweep_runs_every_combination_and_compare_ranks_them(mnist012, tmp_path)
     table = compare("sweep", f"sqlite:///{tmp_path / 'mlflow.db'}")
     rows = [line for line in table.splitlines() if line.startswith("| none (scratch) [")]
     assert len(rows) == 2 and {"[lr=1e-3]", "[lr=3e-3]"} == {r.split(" ")[3] for r in rows}
-    accuracies = [float(r.split("|")[3]) for r in rows]
+    accuracies = [float(r.split("|")[3].split()[0]) for r in rows]
     assert accuracies == sorted(accuracies, reverse=True)  # ranked best first

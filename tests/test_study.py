@@ -106,6 +106,8 @@ def test_pixel_baselines_choose_on_val_and_score_each_split_once():
     assert result.params["C"] in (0.01, 0.1, 1.0, 10.0)
     assert result.metrics["test_large_n"] == 90 and result.metrics["test_large_errors"] == 3
     assert result.metrics["test_large_accuracy"] == pytest.approx(87 / 90)
+    labels, predictions = result.predictions["test_large"]  # per image, for the paired tests
+    assert (labels == data["test_large"][1]).all() and (labels != predictions).sum() == 3
     assert set(result.metrics) == {f"{s}_{k}" for s in ("val", "test", "test_large") for k in ("accuracy", "errors", "n")}
 
 
@@ -148,6 +150,20 @@ def test_study_runs_every_stage_as_a_child_and_search_runs_gives_the_table(proto
             assert table[key] == pytest.approx(run[f"metrics.{split}_accuracy"], abs=1e-6), key
     metrics = json.loads((tmp_path / "study" / "runs" / "mae-s0-finetune" / "eval_metrics.json").read_text())
     assert {"val_accuracy", "test_large_accuracy"} <= set(metrics)
+    # every evaluation logged its per-image predictions; the printed tables say what their brackets are
+    # and carry the paired tests, whose files are the study run's artifacts
+    from vitssl.eval.predictions import from_csv
+
+    predictions = from_csv((tmp_path / "study" / "runs" / "mae-s0-finetune" / "predictions.csv").read_text())
+    assert int((~predictions["test_large"].correct).sum()) == metrics["test_large_errors"]
+    assert out.stdout.count("in brackets the 95% Wilson interval") == 3 and "exact McNemar" in out.stdout
+    with open(tmp_path / "study" / "comparison_paired.csv") as f:
+        paired = list(csv.DictReader(f))
+    tested = {(r["objective"], r["mode"], r["reference"]) for r in paired if r["split"] == "test"}
+    assert {("mae", "finetune", "none"), ("mae", "knn", "none")} <= tested
+    assert len({ref for _, _, ref in tested if ref.startswith("pixels_")}) == 1  # the one best on val
+    logged = {a.path for a in client.list_artifacts(study.info.run_id, "comparison")}
+    assert "comparison/comparison_paired.csv" in logged and "comparison/comparison_seeds.csv" in logged
 
 
 @pytest.mark.parametrize("job", ["linger", "stop_on_sigterm"])

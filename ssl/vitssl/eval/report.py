@@ -11,6 +11,8 @@ import torch
 
 from vitssl.eval.metrics import classification_report
 from vitssl.eval.plots import confusion_figure, curves_figure, embedding_figure, project
+from vitssl.eval.predictions import ARTIFACT as PREDICTIONS
+from vitssl.eval.predictions import to_csv as predictions_csv
 from vitssl.tracking import MlflowRun
 from vitssl.tracking.plots import close
 
@@ -25,8 +27,9 @@ class SplitPredictions:
 
 def report(tracker: MlflowRun, out_dir: Path, mode: str, class_names: list[str], splits: list[SplitPredictions],
            curves: dict, xlabel: str, extra: dict[str, float], tsne: bool, seed: int) -> dict[str, float]:
-    """Log metrics `<split>_accuracy`, `<split>_errors`, `<split>_n`, per-class accuracy for every split;
-    figures and files for the first. Returns the metrics (also written to out_dir/eval_metrics.json)."""
+    """Log metrics `<split>_accuracy`, `<split>_errors`, `<split>_n`, per-class accuracy and the
+    per-image predictions (eval/predictions.csv, for paired tests) of every split; figures and files
+    for the first. Returns the metrics (also written to out_dir/eval_metrics.json)."""
     metrics: dict[str, float] = {k: v for k, v in extra.items() if v}
     first = None
     for s in splits:
@@ -36,6 +39,8 @@ def report(tracker: MlflowRun, out_dir: Path, mode: str, class_names: list[str],
               f"{len(s.labels)})")
         first = first or (s, rep)
     tracker.log_metrics(metrics, 0)
+    predictions = predictions_csv({s.split: (s.labels.numpy(), s.predictions.numpy()) for s in splits})
+    tracker.log_text(predictions, PREDICTIONS)
     s, rep = first
     title = f"{mode}: {s.split} accuracy {rep.accuracy:.2%}"
     tracker.log_text(json.dumps(rep.to_json() | {"split": s.split}, indent=2), "eval/confusion_matrix.json")
@@ -52,6 +57,7 @@ def report(tracker: MlflowRun, out_dir: Path, mode: str, class_names: list[str],
         tracker.log_figure(fig, path)
         close(fig)
     out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "predictions.csv").write_text(predictions)
     (out_dir / "eval_metrics.json").write_text(json.dumps(metrics | {"confusion": rep.confusion}, indent=2))
     print(rep.text)
     return metrics

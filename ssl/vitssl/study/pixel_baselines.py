@@ -25,6 +25,7 @@ class BaselineResult:
     name: str
     params: dict
     metrics: dict[str, float]  # <split>_accuracy, <split>_errors, <split>_n for val and each test split
+    predictions: dict[str, tuple[np.ndarray, np.ndarray]]  # split -> (labels, predictions), manifest order
 
 
 def _flat(images) -> np.ndarray:
@@ -52,7 +53,9 @@ def fit_baseline(name: str, data: dict[str, tuple[np.ndarray, np.ndarray]], val:
             best, best_acc = (params, model), acc
     params, model = best
     metrics: dict[str, float] = {}
+    predictions = {}
     for split, (images, labels) in data.items():
         if split != train:
-            metrics |= split_metrics(split, np.asarray(labels), model.predict(_flat(images)))
-    return BaselineResult(name, params, metrics)
+            predictions[split] = (np.asarray(labels), model.predict(_flat(images)))
+            metrics |= split_metrics(split, *predictions[split])
+    return BaselineResult(name, params, metrics, predictions)

@@ -10,7 +10,8 @@ from pathlib import Path
 
 from vitssl.config import ConfigError
 from vitssl.data import DataError
-from vitssl.eval.compare import SEEDS_FINETUNE, compare
+from vitssl.eval.compare import compare
+from vitssl.eval.reference import SEEDS_FINETUNE
 from vitssl.study import stages
 from vitssl.study.plan import StudyOptions, build_jobs, eval_splits, resolve_shards, seeds_protocol
 from vitssl.study.scheduler import Outcome, plan_slots, run_jobs
@@ -29,6 +30,14 @@ def report(outcome: Outcome) -> None:
         print(f"[{outcome.name}] {outcome.seconds:.0f} s", flush=True)
     else:
         print(f"[{outcome.name}] {outcome.status.upper()}: {outcome.error}", file=sys.stderr, flush=True)
+
+
+def log_comparison(tracker: MlflowRun, out: Path) -> None:
+    """The comparison's files (tables, per-seed values, paired tests) as artifacts of the study run."""
+    from vitssl.eval.tables import OUTPUTS
+
+    for name in OUTPUTS.values():
+        tracker.log_artifact(out / name, "comparison")
 
 
 def run_study(opts: StudyOptions, tracking_uri: str | None, executor: str = "local", jobs: int | None = None,
@@ -72,7 +81,9 @@ def run_study(opts: StudyOptions, tracking_uri: str | None, executor: str = "loc
     try:
         reference = SEEDS_FINETUNE if seeds_protocol(shards) else None
         print("\n" + compare(opts.experiment, uri, out, reference=reference))
-        print(f"written: {out}/comparison.md, comparison.csv, comparison.png")
+        log_comparison(tracker, out)
+        print(f"written: {out}/comparison.md, comparison.csv, comparison_seeds.csv, comparison_paired.csv, "
+              "comparison.png (also the study run's artifacts)")
     except ValueError as e:
         failures.append(f"compare: {e}")
     tracker.end("FAILED" if failures else "FINISHED")

@@ -79,6 +79,8 @@ def pixel_baselines(shards: str, splits: list[str], tracking_uri: str, experimen
     MLflow run tagged like a fine-tune run so the comparison table lists them beside the encoders."""
 
     from vitssl.data import load_split_tensors
+    from vitssl.eval.predictions import ARTIFACT as PREDICTIONS
+    from vitssl.eval.predictions import to_csv as predictions_csv
     from vitssl.study.pixel_baselines import BASELINES, fit_baseline
     from vitssl.tracking import MlflowRun
 
@@ -95,6 +97,7 @@ def pixel_baselines(shards: str, splits: list[str], tracking_uri: str, experimen
         run_id = tracker.start(f"{name}-s{seed}", tags)
         tracker.log_params({f"baseline.{k}": v for k, v in fit.params.items()} | {"data.shards": shards})
         tracker.log_metrics(fit.metrics | {"train_time_s": time.perf_counter() - t0}, 0)
+        tracker.log_text(predictions_csv(fit.predictions), PREDICTIONS)
         tracker.end("FINISHED")
         folder = Path(out) / f"{name}-s{seed}"
         folder.mkdir(parents=True, exist_ok=True)
