@@ -90,7 +90,7 @@ def paired_markdown(rows: list[Row], split: str) -> str:
     caption = (f"Paired tests on {split}, exact McNemar (two-sided binomial test on the images exactly one of "
                "the two classifiers gets right): `a / b` counts the images only this row gets right and only the "
                "reference gets right, summed over seeds; p pooled over seeds, then per seed (seed s against "
-               f"scratch's seed s); bold: p < {SIGNIFICANT}. Scratch: the same ViT without pretraining, same mode "
+               f"scratch's seed s, or against the pixel baseline's one run); bold: p < {SIGNIFICANT}. Scratch: the same ViT without pretraining, same mode "
                f"(linear and kNN: its random encoder). {pixel_name}: the pixel baseline with the best `val` accuracy.")
     return "\n".join(lines) + "\n\n" + caption + "\n"
 
