@@ -25,6 +25,7 @@ from vitssl.eval.report import SplitPredictions, report
 from vitssl.models import DROP_PATH, LAYER_IDS, capabilities_of, encoder_export
 from vitssl.objectives.classify import Classify, ClassifyOptions
 from vitssl.objectives.distill import Distill, DistillOptions
+from vitssl.redaction import redacted_dump
 from vitssl.tracking.handoff import link_pretrained
 
 EVAL_BATCH = 256
@@ -109,7 +110,7 @@ def _finetune(run: RunSession, cfg: FinetuneConfig, encoder, pretrained: Pretrai
         return encoder_export(m.encoder) | {
             "head": {k: v.detach().cpu() for k, v in m.head.state_dict().items()},
             "objective": "classify", "pretrained_objective": pretrained.objective,
-            "config": cfg.model_dump(mode="json")}
+            "config": redacted_dump(cfg)}
 
     t0 = time.perf_counter()
     fit = run.fit(model, export, f"finetune {pretrained.objective} encoder (layer decay {ft.layer_decay})",

@@ -18,7 +18,8 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import DistributedType, set_seed
 
-from vitssl.config import ConfigError, flatten, to_yaml
+from vitssl.config import ConfigError, flatten
+from vitssl.data.fetch import ReadLimits, configure_reads
 from vitssl.engine.builders import build_accelerator, build_optimizer
 from vitssl.engine.checkpoint import (
     CONFIG_FILE,
@@ -30,6 +31,7 @@ from vitssl.engine.checkpoint import (
 from vitssl.engine.lock import lock_run_folder
 from vitssl.engine.plan import TrainingPlan, make_training_plan
 from vitssl.engine.trainer import FitResult, Trainer, TrainerOptions
+from vitssl.redaction import redact_argv, redact_spec, redacted_dump, redacted_yaml
 from vitssl.tracking.buffered import BufferedRun
 from vitssl.tracking.lineage import log_run_lineage, source_tags
 from vitssl.tracking.system_metrics import SystemMetrics
@@ -52,7 +54,7 @@ def common_tags(accelerator: Accelerator) -> dict[str, str]:
     return {"world_size": str(accelerator.num_processes),
             "precision": str(accelerator.mixed_precision), "device": str(accelerator.device),
             "distributed_type": str(accelerator.distributed_type), "torch": torch.__version__,
-            "command": " ".join(sys.argv)}
+            "command": redact_argv(sys.argv)}
 
 
 class RunSession:
@@ -60,13 +62,15 @@ class RunSession:
                  accelerator: Accelerator | None = None):
         self.cfg = cfg
         self.accelerator = accelerator or build_accelerator(cfg.run, cfg.data.batch_size)
+        d = cfg.data
+        configure_reads(ReadLimits(d.read_min_bytes_per_s, d.read_stall_s, d.read_deadline_s, d.read_retries))
         set_seed(cfg.run.seed)  # same initial weights on every process
         self.out_dir = Path(cfg.run.resolved_output_dir())
         self.run_name = run_name
         self.tags = tags | common_tags(self.accelerator)
         if cfg.run.parent_run_id and "mlflow.parentRunId" not in tags:
             self.tags["mlflow.parentRunId"] = cfg.run.parent_run_id
-        self.tags |= cfg.run.tags
+        self.tags |= {k: redact_spec(v) for k, v in cfg.run.tags.items()}
         if self.is_main:  # + mlflow.user, mlflow.source.* (git commit), as mlflow.start_run would set them
             self.tags = source_tags(self.tags)
         self.tracker = BufferedRun(self.accelerator.is_main_process, cfg.run.tracking_uri, experiment, self.out_dir,
@@ -87,9 +91,13 @@ class RunSession:
     def __enter__(self) -> RunSession:
         self.resume = resume_folder(self.cfg, self.out_dir)  # a bad run.resume fails before anything is written
         self.lock = lock_run_folder(self.accelerator, self.out_dir)  # one owner per folder, before any write
-        if self.is_main:
-            remove_partial(self.out_dir)  # ours now: what a killed save left is garbage
-            (self.out_dir / CONFIG_FILE).write_text(to_yaml(self.cfg))
+        try:
+            if self.is_main:
+                remove_partial(self.out_dir)  # ours now: what a killed save left is garbage
+                (self.out_dir / CONFIG_FILE).write_text(redacted_yaml(self.cfg))
+        except BaseException:  # a stop signal here too: leave no lock behind
+            self.lock.release()
+            raise
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
@@ -98,7 +106,7 @@ class RunSession:
             if exc_type is not None:
                 if getattr(self.trainer, "bar", None) is not None:
                     self.trainer.bar.close()  # so the error line that follows starts a line of its own
-                self.tracker.end("FAILED")
+                self.tracker.end("KILLED" if issubclass(exc_type, KeyboardInterrupt) else "FAILED")
                 return
             self.tracker.end("KILLED" if self.interrupted else "FINISHED")
             self.accelerator.wait_for_everyone()
@@ -110,8 +118,8 @@ class RunSession:
         """Create (or reopen, on resume) the MLflow run; a new run gets the config as params and artifact."""
         run_id_now = self.tracker.start(self.run_name, self.tags, run_id=run_id)
         if run_id is None and self.tracker.enabled:
-            self.tracker.log_params(flatten(self.cfg.model_dump(mode="json")) | params)
-            self.tracker.log_text(to_yaml(self.cfg), CONFIG_FILE)
+            self.tracker.log_params(flatten(redacted_dump(self.cfg)) | params)
+            self.tracker.log_text(redacted_yaml(self.cfg), CONFIG_FILE)
             if self.tracker.offline:  # lineage goes straight to the server: log it on a later start
                 print("warning: tracking server unreachable; dataset inputs and lineage not logged for this run")
             else:
@@ -131,7 +139,7 @@ class RunSession:
         optimizer = build_optimizer(model, cfg.optim, sch.peak_lr, lr_scale,
                                     fused=acc.distributed_type != DistributedType.DEEPSPEED)
         checkpointer = Checkpointer(self.out_dir, cfg.run.checkpoint_every, cfg.run.keep_checkpoints, export,
-                                    to_yaml(cfg))
+                                    redacted_yaml(cfg))
         trainer = self.trainer = Trainer(acc, model, optimizer, plan, self.tracker, checkpointer,
                                          TrainerOptions.from_run(cfg.run), figure_batch)
         folder = self.resume

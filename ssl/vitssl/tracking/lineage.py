@@ -13,6 +13,7 @@ from typing import Any
 
 from vitssl.data.manifest import split_info
 from vitssl.data.sources import is_url_list, local_path, source_manifest
+from vitssl.redaction import redact_spec
 from vitssl.tracking.mlflow_run import git_commit
 
 CONTEXT_TAG = "mlflow.data.context"
@@ -51,7 +52,7 @@ def shard_dataset(shard_dir: str | Path, split: str):
     sha = split_sha256(manifest, split, shard_dir)
     profile = {"split": split, "num_samples": info["count"], "per_class": info.get("per_class", {}),
                "num_shards": len(info["shards"]), "classes": manifest.get("classes", []), "sha256": sha,
-               "data_source": manifest.get("source", {}), "prep_command": manifest.get("command", "")}
+               "data_source": manifest.get("source", {}), "prep_command": redact_spec(manifest.get("command", ""))}
     meta = MetaDataset(_dataset_source(str(shard_dir)),
                        name=f"{manifest.get('dataset', Path(shard_dir).name)}-{split}", digest=sha[:DIGEST_CHARS])
     entity = meta._to_mlflow_entity()  # MetaDataset carries no profile: add the counts to its entity
@@ -67,6 +68,7 @@ def _dataset_source(spec: str):
 
     if local_path(spec) is not None and not is_url_list(spec):
         return resolve_dataset_source(str(Path(spec).resolve()))  # a "local" source
+    spec = redact_spec(spec)  # a URL's credentials and tokens, a command: never stored
     try:
         return resolve_dataset_source(spec)
     except MlflowException:
