@@ -14,7 +14,7 @@ from typing import Any
 
 MASK = "***"
 _USERINFO = re.compile(r"(?P<scheme>\b[A-Za-z][A-Za-z0-9+.-]*://)(?P<userinfo>[^/@\s'\"]+)@")
-_QUERY_VALUE = re.compile(r"(?P<key>[?&;][^=&#\s'\"/?]+=)(?P<value>[^&#\s'\"]+)")
+_QUERY_VALUE = re.compile(r"(?P<key>[?&;][^=&#\s'\"/?]+=)(?P<value>(?:(?!::)[^&#\s'\"])+)")  # `::` joins specs
 _SHARD_NAME = re.compile(r"[\w.{}-]+\.tar\b")
 # a pipe: command inside a line of text ends where our messages go on: ": ", " (", a quote, the end
 _PIPE_IN_TEXT = re.compile(r"pipe:(?:(?!: | \(|['\"]).)*")

@@ -22,8 +22,8 @@ from vitssl.config import ConfigError, flatten
 from vitssl.data.fetch import ReadLimits, configure_reads
 from vitssl.engine.builders import build_accelerator, build_optimizer
 from vitssl.engine.checkpoint import (
+    COMPLETE,
     CONFIG_FILE,
-    TRAINER_STATE,
     Checkpointer,
     latest_checkpoint,
     remove_partial,
@@ -44,8 +44,8 @@ def resume_folder(cfg, root: Path) -> Path | None:
     if mode == "auto":
         return latest_checkpoint(root)
     folder = Path(mode)
-    if not (folder / TRAINER_STATE).is_file():
-        raise ConfigError(f"run.resume={mode!r}: not a complete checkpoint folder (no {TRAINER_STATE}); "
+    if not (folder / COMPLETE).is_file():
+        raise ConfigError(f"run.resume={mode!r}: not a complete checkpoint folder (no {COMPLETE} marker); "
                           "use auto, never, or the path of a checkpoint-* folder")
     return folder
 
