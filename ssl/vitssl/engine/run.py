@@ -93,12 +93,29 @@ class RunSession:
         self.lock = lock_run_folder(self.accelerator, self.out_dir)  # one owner per folder, before any write
         try:
             if self.is_main:
+                self._end_dead_owners_run()
                 remove_partial(self.out_dir)  # ours now: what a killed save left is garbage
                 (self.out_dir / CONFIG_FILE).write_text(redacted_yaml(self.cfg))
         except BaseException:  # a stop signal here too: leave no lock behind
             self.lock.release()
             raise
         return self
+
+    def _end_dead_owners_run(self) -> None:
+        """A trainer killed outright (SIGKILL, a lost node) left its MLflow run RUNNING: mark it KILLED
+        (a resume reopens it as RUNNING right after)."""
+        run_id = (self.lock.taken_over or {}).get("mlflow_run_id") if self.lock is not None else None
+        if run_id is None or not self.tracker.enabled:
+            return
+        import mlflow
+
+        try:
+            client = mlflow.MlflowClient(self.tracker.tracking_uri)
+            if client.get_run(run_id).info.status == "RUNNING":
+                client.set_terminated(run_id, status="KILLED")
+                print(f"MLflow run {run_id} of the trainer that died in {self.out_dir} marked KILLED")
+        except Exception as err:  # the store unreachable now: the start that follows says so
+            print(f"warning: could not mark the dead trainer's MLflow run {run_id} KILLED ({type(err).__name__})")
 
     def __exit__(self, exc_type, exc, tb) -> None:
         try:
@@ -117,6 +134,8 @@ class RunSession:
     def start_tracking(self, params: dict, run_id: str | None = None) -> str | None:
         """Create (or reopen, on resume) the MLflow run; a new run gets the config as params and artifact."""
         run_id_now = self.tracker.start(self.run_name, self.tags, run_id=run_id)
+        if self.lock is not None and run_id_now is not None:
+            self.lock.record(mlflow_run_id=run_id_now)
         if run_id is None and self.tracker.enabled:
             self.tracker.log_params(flatten(redacted_dump(self.cfg)) | params)
             self.tracker.log_text(redacted_yaml(self.cfg), CONFIG_FILE)
