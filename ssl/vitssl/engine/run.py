@@ -10,11 +10,13 @@ its export, its tags and what it reports.
 """
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 from typing import Callable
 
 import torch
+import yaml
 from accelerate import Accelerator
 from accelerate.utils import DistributedType, set_seed
 
@@ -24,6 +26,7 @@ from vitssl.engine.builders import build_accelerator, build_optimizer
 from vitssl.engine.checkpoint import (
     COMPLETE,
     CONFIG_FILE,
+    TRAINER_STATE,
     Checkpointer,
     latest_checkpoint,
     remove_partial,
@@ -48,6 +51,35 @@ def resume_folder(cfg, root: Path) -> Path | None:
         raise ConfigError(f"run.resume={mode!r}: not a complete checkpoint folder (no {COMPLETE} marker); "
                           "use auto, never, or the path of a checkpoint-* folder")
     return folder
+
+
+# what makes a run the run it is: resuming a checkpoint with other values would silently mix two runs
+IDENTITY_KEYS = ("data.shards", "objective.", "finetune.pretrained", "finetune.mode")
+
+
+def check_resumable(cfg, folder: Path) -> None:
+    """One ConfigError when the checkpoint in ``folder`` was trained on another data source or objective
+    than ``cfg`` asks for (compared as stored: redacted). A checkpoint without a config passes."""
+    try:
+        stored = flatten(yaml.safe_load((folder / CONFIG_FILE).read_text()) or {})
+    except (OSError, yaml.YAMLError):
+        return
+    wanted = flatten(redacted_dump(cfg))
+    for key in sorted(set(stored) & set(wanted)):
+        if key.startswith(IDENTITY_KEYS) and str(stored[key]) != str(wanted[key]):
+            raise ConfigError(
+                f"run.resume={cfg.run.resume}: {folder} was trained with {key}={stored[key]!r}, this command has "
+                f"{wanted[key]!r}: start a new run with another run.name (or run.resume=never to overwrite), or "
+                f"resume with the same {key}")
+
+
+def announce_resume(folder: Path, cfg) -> None:
+    try:
+        step = json.loads((folder / TRAINER_STATE).read_text()).get("step")
+    except (OSError, ValueError):
+        step = "?"
+    print(f"resuming run {cfg.run.name!r} from {folder} (step {step}); to start fresh instead: run.resume=never "
+          f"or another run.name", flush=True)
 
 
 def common_tags(accelerator: Accelerator) -> dict[str, str]:
@@ -90,6 +122,10 @@ class RunSession:
 
     def __enter__(self) -> RunSession:
         self.resume = resume_folder(self.cfg, self.out_dir)  # a bad run.resume fails before anything is written
+        if self.resume is not None:
+            check_resumable(self.cfg, self.resume)
+            if self.is_main:
+                announce_resume(self.resume, self.cfg)
         self.lock = lock_run_folder(self.accelerator, self.out_dir)  # one owner per folder, before any write
         try:
             if self.is_main:
@@ -174,7 +210,8 @@ class RunSession:
             trainer.logged_through = self.tracker.last_step(("loss", "epoch_loss"))
         acc.print(f"{describe}: {acc.num_processes} process(es) on {acc.device}, precision {acc.mixed_precision}, "
                   f"global batch {plan.global_batch}, {plan.lr_rule}, {sch.steps_per_epoch} steps/epoch x "
-                  f"{cfg.run.epochs} epochs")
+                  f"{cfg.run.epochs} epochs"
+                  + (f", stopping at step {sch.total_steps} (run.max_steps)" if cfg.run.max_steps else ""))
         result = trainer.fit()
         self.interrupted = result.interrupted
         return result

@@ -10,9 +10,10 @@ import hashlib
 import json
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from vitssl.data.manifest import split_info
-from vitssl.data.sources import is_url_list, local_path, source_manifest
+from vitssl.data.sources import expand, is_url_list, local_path, source_manifest
 from vitssl.redaction import redact_spec
 from vitssl.tracking.mlflow_run import git_commit
 
@@ -53,10 +54,21 @@ def shard_dataset(shard_dir: str | Path, split: str):
     profile = {"split": split, "num_samples": info["count"], "per_class": info.get("per_class", {}),
                "num_shards": len(info["shards"]), "classes": manifest.get("classes", []), "sha256": sha,
                "data_source": manifest.get("source", {}), "prep_command": redact_spec(manifest.get("command", ""))}
-    meta = MetaDataset(_dataset_source(str(shard_dir)),
-                       name=f"{manifest.get('dataset', Path(shard_dir).name)}-{split}", digest=sha[:DIGEST_CHARS])
+    meta = MetaDataset(_dataset_source(str(shard_dir)), name=f"{dataset_name(manifest, str(shard_dir))}-{split}",
+                       digest=sha[:DIGEST_CHARS])
     entity = meta._to_mlflow_entity()  # MetaDataset carries no profile: add the counts to its entity
     return Dataset(entity.name, entity.digest, entity.source_type, entity.source, profile=json.dumps(profile))
+
+
+def dataset_name(manifest: dict, spec: str) -> str:
+    """The manifest's dataset (``mnist``), or for an index or a URL list the folder the shards are in."""
+    name = manifest.get("dataset")
+    if name and name not in ("index", "shard URLs"):
+        return name
+    first = expand(spec)[0] if is_url_list(spec) else spec.rstrip("/") + "/manifest.json"
+    if first.startswith("pipe:"):
+        return "pipe"
+    return Path(urlsplit(first).path).parent.name or "shards"
 
 
 def _dataset_source(spec: str):
