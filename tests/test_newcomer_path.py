@@ -55,3 +55,11 @@ def test_dataset_inputs_are_named_after_the_data():
     assert dataset_name({"dataset": "mnist"}, "/x/y") == "mnist"
     assert dataset_name({"dataset": "index"}, "/data/mnist012") == "mnist012"
     assert dataset_name({"dataset": "shard URLs"}, "http://h/d/tiny/train-{000000..000002}.tar") == "tiny"
+
+
+def test_run_names_repeat_no_suffix():
+    from vitssl.engine.run import run_name_with
+
+    assert run_name_with("ft-knn", "mae", "knn", "s0") == "ft-knn-mae-s0"
+    assert run_name_with("mae-s0-knn", "mae", "knn", "s0") == "mae-s0-knn"
+    assert run_name_with("run", "mae", "finetune", "s1") == "run-mae-finetune-s1"

@@ -18,7 +18,7 @@ from vitssl.config import ConfigError
 from vitssl.config.finetune import FinetuneConfig
 from vitssl.engine.builders import gathered_parameters
 from vitssl.engine.pretrained import Pretrained, build_encoder, load_teacher, resolve_pretrained
-from vitssl.engine.run import RunSession
+from vitssl.engine.run import RunSession, run_name_with
 from vitssl.eval import knn_predict, split_features, standardise, stream_split, train_linear_probe
 from vitssl.eval.embeddings import feature_stats
 from vitssl.eval.report import SplitPredictions, report
@@ -71,7 +71,7 @@ def run_finetune(cfg: FinetuneConfig) -> FinetuneResult:
     experiment = cfg.run.experiment
     if "experiment" not in cfg.run.model_fields_set and pretrained.experiment:
         experiment = pretrained.experiment  # beside the pretraining run unless run.experiment says otherwise
-    name = cfg.run.run_name or f"{cfg.run.name}-{pretrained.objective}-{ft.mode}-s{cfg.run.seed}"
+    name = cfg.run.run_name or run_name_with(cfg.run.name, str(pretrained.objective), ft.mode, f"s{cfg.run.seed}")
     with RunSession(cfg, experiment, name, run_tags(cfg, pretrained)) as run:
         run.inputs = [("training", cfg.data.split)] + [("evaluation", split) for split in ft.splits(cfg.data)]
         if pretrained.handoff is not None:  # the run records the exact logged model it consumed

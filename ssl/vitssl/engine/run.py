@@ -82,6 +82,12 @@ def announce_resume(folder: Path, cfg) -> None:
           f"or another run.name", flush=True)
 
 
+def run_name_with(base: str, *parts: str) -> str:
+    """``base`` and the ``parts`` it does not carry yet: ``ft-knn`` + (mae, knn, s0) -> ``ft-knn-mae-s0``."""
+    have = base.split("-")
+    return "-".join([base, *(p for p in parts if p not in have)])
+
+
 def common_tags(accelerator: Accelerator) -> dict[str, str]:
     return {"world_size": str(accelerator.num_processes),
             "precision": str(accelerator.mixed_precision), "device": str(accelerator.device),
