@@ -61,9 +61,12 @@ def test_wrong_types_and_totals(manifest):
     total["splits"]["test"]["count"] = 250
     with pytest.raises(DataError, match=r"x: splits.test: count 250 differs from the sum over its shards \(300\)"):
         check_manifest(total, "x", remote=True)
-    typo = copy.deepcopy(manifest) | {"spilts": {}}
-    with pytest.raises(DataError, match="x: spilts: unknown key"):
+    typo = copy.deepcopy(manifest)
+    typo["splits"]["train"]["shards"][0]["sha"] = typo["splits"]["train"]["shards"][0].pop("sha256")
+    with pytest.raises(DataError, match=r"x: splits.train.shards.0.sha256: missing \(required\) \(and 1 more\)"):
         check_manifest(typo, "x", remote=False)
+    described = copy.deepcopy(manifest) | {"wnids": ["n01443537"]}  # a writer's own description: allowed
+    assert check_manifest(described, "x", remote=False) is described
 
 
 def test_the_optional_fields_of_a_folder_of_ones_own_images_validate(manifest):

@@ -78,6 +78,10 @@ class SplitEntry(_Strict):
 
 
 class Manifest(_Strict):
+    # other top-level keys describe the data (a writer's own, such as Tiny ImageNet's wnids) and are
+    # never read here: allowed. Splits and shards, which the readers act on, allow no unknown key.
+    model_config = ConfigDict(extra="allow", strict=True)
+
     splits: dict[str, SplitEntry]
     format_version: int | None = None
     dataset: str | None = None
