@@ -62,11 +62,16 @@ def is_http(url: str) -> bool:
     return url.lower().startswith(("http://", "https://"))
 
 
+# looked up once here: the child between fork and exec must not load libraries (a lock another
+# thread held at the fork would never be released there)
+_PRCTL = ctypes.CDLL(None).prctl if sys.platform.startswith("linux") else None
+
+
 def _die_with_reader() -> None:
     """In the child before exec: killed when the reading process dies (a killed DataLoader worker or
     trainer leaves no transfer behind); Linux only."""
-    if sys.platform.startswith("linux"):
-        ctypes.CDLL(None).prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
+    if _PRCTL is not None:
+        _PRCTL(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
 
 
 class ReadFailed(OSError):
