@@ -101,11 +101,12 @@ def _is_our_curl(pid: int) -> bool:
 
 @pytest.mark.slow
 def test_sigterm_during_start_up_and_a_stall_without_one(m3x100, tmp_path):
-    """SIGTERM while the manifest is read (after the lock, before any step): exit 143, nothing left;
+    """SIGTERM while the manifest is read (start-up, before any step): exit 143, nothing left;
     left alone, the same stall ends within the read deadline with one error line."""
     with stalling_http_server(m3x100.parent, ["manifest.json"]) as url:
         proc = trainer(url, tmp_path, "data.read_stall_s=600")
-        wait_until(lambda: (tmp_path / "run" / LOCK_FILE).exists() or proc.poll() is not None, 120, "no lock")
+        wait_until(lambda: proc.poll() is not None or any(p.isdigit() and _is_our_curl(int(p)) for p in os.listdir("/proc")),
+                   120, "no manifest read")
         time.sleep(2)
         rc, out = stop(proc, tmp_path)
         assert rc == 143 and "Traceback" not in out, out[-3000:]
