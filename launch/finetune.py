@@ -17,7 +17,7 @@ from vitssl.config import load_config
 from vitssl.config.finetune import FinetuneConfig
 from vitssl.engine.errors import EXIT_INTERRUPTED, exit_code_on_error
 from vitssl.engine.finetune import run_finetune
-from vitssl.engine.lifetime import die_with_launcher
+from vitssl.engine.lifetime import die_with_launcher, interrupt_on_stop_signals
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -25,6 +25,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", required=True, help="YAML config (see configs/)")
     parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. finetune.mode=linear run.epochs=5")
     args = parser.parse_args(argv)
+    interrupt_on_stop_signals()  # from here a stop signal unwinds cleanly: exit 143, lock released
     die_with_launcher()
     cfg = exit_code_on_error(lambda: load_config(FinetuneConfig, args.config, args.overrides))
     if isinstance(cfg, int):

@@ -12,7 +12,7 @@ from accelerate import PartialState
 
 from vitssl.config import PretrainConfig, load_config
 from vitssl.engine.errors import EXIT_INTERRUPTED, exit_code_on_error
-from vitssl.engine.lifetime import die_with_launcher
+from vitssl.engine.lifetime import die_with_launcher, interrupt_on_stop_signals
 from vitssl.engine.pretrain import run_pretrain
 
 
@@ -21,6 +21,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", required=True, help="YAML config (see configs/)")
     parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. optim.lr=3e-4 run.epochs=2")
     args = parser.parse_args(argv)
+    interrupt_on_stop_signals()  # from here a stop signal unwinds cleanly: exit 143, lock released
     die_with_launcher()
     result = exit_code_on_error(lambda: run_pretrain(load_config(PretrainConfig, args.config, args.overrides)))
     if isinstance(result, int):

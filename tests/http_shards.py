@@ -32,3 +32,58 @@ def http_server(root: Path) -> Iterator[str]:
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+STALLING_SERVER = r"""
+import http.server, os, sys, time
+root, port, stall = sys.argv[1], int(sys.argv[2]), set(sys.argv[3].split(","))
+
+class Handler(http.server.SimpleHTTPRequestHandler):
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, directory=root, **kwargs)
+
+    def do_GET(self):
+        name = self.path.rsplit("/", 1)[-1]
+        if name not in stall:
+            return super().do_GET()
+        data = open(os.path.join(root, self.path.lstrip("/")), "rb").read()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data[:1024])  # the first KiB, then nothing, the connection held open
+        self.wfile.flush()
+        time.sleep(3600)
+
+    def log_message(self, *args):
+        pass
+
+http.server.ThreadingHTTPServer(("127.0.0.1", port), Handler).serve_forever()
+"""
+
+
+@contextmanager
+def stalling_http_server(root: Path, stall: list[str]) -> Iterator[str]:
+    """Serves ``root`` like ``http_server``, but the files named in ``stall`` (base names) send 1 KiB of
+    their body and then nothing, the connection held open: a source that stalls forever."""
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-c", STALLING_SERVER, str(root), str(port), ",".join(stall)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        _wait_until_up(url, proc)
+        yield url
+    finally:
+        proc.kill()
+        proc.wait(timeout=10)
+
+
+def _wait_until_up(url: str, proc: subprocess.Popen) -> None:
+    for _ in range(100):
+        try:
+            urllib.request.urlopen(url, timeout=1).close()
+            return
+        except OSError:
+            if proc.poll() is not None:
+                break
+            time.sleep(0.1)
+    raise RuntimeError(f"the HTTP server for {url} did not start")

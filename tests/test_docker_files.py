@@ -1,10 +1,13 @@
 """Checks of docker/ without a Docker engine (none runs on the development and CI machines):
 static checks, and the compose file's own `mlflow server` command line run for real on 127.0.0.1."""
+import os
 import re
 import shutil
 import socket
 import subprocess
 import sys
+import urllib.error
+import urllib.request
 from importlib.metadata import version
 from pathlib import Path
 
@@ -34,8 +37,23 @@ def test_compose_file_is_valid():
     compose = shutil.which("docker-compose")
     if compose is None:
         pytest.skip("docker-compose not installed (apt-get install docker-compose)")
-    out = subprocess.run([compose, "-f", str(DOCKER / "compose.yaml"), "config", "-q"], capture_output=True, text=True)
+    cmd = [compose, "-f", str(DOCKER / "compose.yaml"), "config", "-q"]
+    secrets = {k: "x" for k in ("POSTGRES_PASSWORD", "MLFLOW_ADMIN_PASSWORD", "MLFLOW_SECRET_KEY", "MLFLOW_TRAINER_PASSWORD")}
+    out = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, **secrets))
     assert out.returncode == 0, out.stderr
+    unset = {k: v for k, v in os.environ.items() if k not in secrets}
+    out = subprocess.run(cmd, capture_output=True, text=True, env=unset, cwd=DOCKER.parent)
+    assert out.returncode != 0 and "POSTGRES_PASSWORD" in out.stderr, "no default password may remain"
+
+
+def test_compose_is_safe_by_default():
+    """Loopback only, a password asked for, and no password in the repository."""
+    text = (DOCKER / "compose.yaml").read_text()
+    server = yaml.safe_load(text)["services"]["mlflow"]
+    assert all(p.startswith("127.0.0.1:") for p in server["ports"])
+    assert server["command"][server["command"].index("--app-name") + 1] == "basic-auth"
+    assert "mlflow:mlflow@" not in text and "POSTGRES_PASSWORD: mlflow" not in text
+    assert "docker/.env" in (DOCKER.parent / ".gitignore").read_text().split()
 
 
 def test_compose_wires_trainer_to_a_pinned_mlflow_server_with_gpus():
@@ -81,10 +99,20 @@ def test_compose_server_accepts_the_trainer_by_its_service_name(tmp_path, monkey
     """The trainer's URL is http://mlflow:5000, so the server sees `Host: mlflow:5000`. The name is
     resolved to 127.0.0.1 here (no compose network); the request itself goes to the real server."""
     port = free_port()
+    ini = (DOCKER / "basic_auth.ini").read_text().replace("sqlite:////mlauth/", f"sqlite:///{tmp_path}/")
+    (tmp_path / "auth.ini").write_text(ini)
+    server_env = dict(os.environ, MLFLOW_AUTH_CONFIG_PATH=str(tmp_path / "auth.ini"),
+                      MLFLOW_AUTH_ADMIN_PASSWORD="test-admin-pw", MLFLOW_FLASK_SERVER_SECRET_KEY="test-key")
     proc = subprocess.Popen(compose_server_command(port, tmp_path), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True, env=server_env)
     try:
         wait_healthy(f"http://127.0.0.1:{port}", proc)
+        anonymous = urllib.request.Request(f"http://127.0.0.1:{port}/api/2.0/mlflow/experiments/search?max_results=1")
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(anonymous, timeout=10)
+        assert refused.value.code == 401
+        monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "admin")
+        monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "test-admin-pw")
         real_getaddrinfo = socket.getaddrinfo
         monkeypatch.setattr(socket, "getaddrinfo", lambda host, *a, **k: real_getaddrinfo(
             "127.0.0.1" if host == "mlflow" else host, *a, **k))

@@ -202,7 +202,8 @@ def test_stage_images_count_max_steps(tmp_path):
     from vitssl.config import PretrainConfig, build_config
     from vitssl.study.stages import trained_images
 
-    (tmp_path / "manifest.json").write_text(json.dumps({"splits": {"train": {"count": 300}}}))
+    shard = {"name": "train-000000.tar", "count": 300, "bytes": 1, "sha256": "0" * 64}  # counts are all it reads
+    (tmp_path / "manifest.json").write_text(json.dumps({"splits": {"train": {"count": 300, "shards": [shard]}}}))
     run = {"epochs": 30}
     cfg = build_config(PretrainConfig, {"data": {"shards": str(tmp_path), "batch_size": 32}, "run": run})
     assert trained_images(cfg) == 9000

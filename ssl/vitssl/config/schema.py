@@ -40,6 +40,13 @@ class DataConfig(Section):
                           "across epochs, per process, up to this many MiB; 0 = read and decode every epoch")
     streams: int | None = Field(None, ge=1, description="the epoch's canonical partition (divides the global "
                                 "batch; keep it fixed to resume on another world size); None: automatic")
+    # bounds of every remote (http/https) read: a stalled server ends in one error line, not a hang
+    read_min_bytes_per_s: int = Field(1024, ge=1, description="a transfer slower than this for read_stall_s "
+                                      "seconds is aborted (and retried)")
+    read_stall_s: int = Field(60, ge=1)
+    read_deadline_s: int = Field(1800, ge=1, description="all attempts at one shard or manifest together")
+    read_retries: int = Field(3, ge=0, description="tries after a transient failure (timeout, broken link, "
+                              "HTTP 408/429/5xx)")
 
 
 # `model:` is the options of the architecture its `arch` names (default vit): each architecture

@@ -7,8 +7,9 @@
   are counted by one read of every shard per process (``python -m data_prep index`` writes a
   manifest once instead). The split is picked from the shard names (``<split>-NNNNNN.tar``).
 
-A manifest's shard ``name`` is relative to the manifest's folder, or a full URL (as ``index`` writes
-for shards elsewhere). Local shards are checked against the manifest's size and sha256 before
+Only ``data.shards`` itself may be a ``pipe:`` command or carry a scheme: it is the user's own input.
+A manifest's shard ``name`` is relative to the manifest's folder; a local manifest may also name
+shards elsewhere by absolute path or http(s) URL (as ``index`` writes), see ``manifest``. Local shards are checked against the manifest's size and sha256 before
 training (once per process and file version); remote ones as they stream (see ``tar_stream``).
 """
 
@@ -16,36 +17,15 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlparse
-from urllib.request import url2pathname
+from urllib.parse import urlparse, urlsplit, urlunsplit
 
 import braceexpand
 
-from vitssl.data.manifest import DataError, load_manifest, split_info, verify_split
-
-
-@dataclass(frozen=True)
-class Shard:
-    url: str  # a local path, or anything webdataset.gopen opens
-    count: int
-    bytes: int | None = None  # None: not known (a URL list counted by reading)
-    sha256: str | None = None
-
-    @property
-    def local(self) -> bool:
-        return local_path(self.url) is not None
-
-
-def local_path(url: str) -> str | None:
-    """The file a URL names on this machine, or None for remote and ``pipe:`` URLs."""
-    parsed = urlparse(url)
-    if parsed.scheme == "file":
-        return url2pathname(parsed.path)
-    if parsed.scheme == "" or (len(parsed.scheme) == 1 and url[1:3] in (":\\", ":/")):  # a Windows drive
-        return url
-    return None
+from vitssl.data.manifest import DataError, check_manifest, load_manifest, split_info, verify_split
+from vitssl.data.shard import Shard, local_path
+from vitssl.data.tar_stream import read_url, scan_shard
+from vitssl.redaction import redact_spec
 
 
 def is_url_list(spec: str) -> bool:
@@ -58,30 +38,34 @@ def expand(spec: str) -> list[str]:
 
 
 def _join(base: str, name: str) -> str:
+    """``name`` under ``base``; a query (a signed URL's token) stays at the end."""
     if urlparse(name).scheme or name.startswith("/"):
         return name
-    return f"{base.rstrip('/')}/{name}"
+    if local_path(base) is not None:
+        return f"{base.rstrip('/')}/{name}"
+    parts = urlsplit(base)
+    return urlunsplit(parts._replace(path=f"{parts.path.rstrip('/')}/{name}"))
 
 
 def _remote_manifest(base: str) -> dict:
-    from vitssl.data.tar_stream import read_url
-
     url = _join(base, "manifest.json")
     try:
         text = read_url(url)
     except DataError as err:
-        raise DataError(f"no manifest.json at {base} ({err}): list the shards instead "
-                        f"({base}/train-{{000000..000009}}.tar) or write one with "
+        shown = redact_spec(base)
+        raise DataError(f"no manifest.json at {shown} ({err}): list the shards instead "
+                        f"({shown}/train-{{000000..000009}}.tar) or write one with "
                         f"`python -m data_prep index <shard urls> --out <folder>`") from None
     try:
-        return json.loads(text)
+        raw = json.loads(text)
     except ValueError as err:
-        raise DataError(f"{url} is not JSON ({err}): expected the manifest.json written by python -m data_prep") \
-            from None
+        raise DataError(f"{redact_spec(url)} is not JSON ({err}): expected the manifest.json written by "
+                        f"python -m data_prep") from None
+    return check_manifest(raw, redact_spec(url), remote=True)
 
 
 def split_of(url: str) -> str | None:
-    match = re.search(r"(?:^|[/\s:])([A-Za-z0-9_]+)-\d+\.tar(?:\s|$)", url)
+    match = re.search(r"(?:^|[/\s:])([A-Za-z0-9_]+)-\d+\.tar(?:\?\S*)?(?:\s|$)", url)
     return match.group(1) if match else None
 
 
@@ -90,8 +74,6 @@ _COUNTED: dict[str, tuple[int, int, str]] = {}
 
 
 def _counted(url: str) -> Shard:
-    from vitssl.data.tar_stream import scan_shard
-
     if url not in _COUNTED:
         _COUNTED[url] = scan_shard(url)
     count, size, sha = _COUNTED[url]
@@ -106,7 +88,7 @@ def split_shards(spec: str | Path, split: str, check_sha: bool = True) -> list[S
         chosen = [u for u in urls if split_of(u) == split]
         if not chosen:
             found = sorted({s for s in map(split_of, urls) if s})
-            raise DataError(f"none of the {len(urls)} shard URLs in {spec!r} is named {split}-NNNNNN.tar "
+            raise DataError(f"none of the {len(urls)} shard URLs in {redact_spec(spec)!r} is named {split}-NNNNNN.tar "
                             f"(splits found: {found or 'none'}): name the shards <split>-NNNNNN.tar or write a "
                             f"manifest with `python -m data_prep index`")
         return [_counted(u) for u in chosen]
@@ -118,9 +100,7 @@ def split_shards(spec: str | Path, split: str, check_sha: bool = True) -> list[S
         base = folder
     else:
         manifest, base = _remote_manifest(spec), spec
-    if not isinstance(manifest, dict) or "splits" not in manifest:
-        raise DataError(f"{spec}: manifest.json has no 'splits': re-run python -m data_prep")
-    info = split_info(manifest, split, spec)
+    info = split_info(manifest, split, redact_spec(spec))
     return [Shard(_join(base, s["name"]), s["count"], s.get("bytes"), s.get("sha256")) for s in info["shards"]]
 
 

@@ -1,13 +1,11 @@
 """Samples of one shard, from a local file or any URL ``webdataset.gopen`` opens.
 
-Remote shards (``http(s)://``, ``pipe:``) go through webdataset's ``Pipe``/``gopen`` and its tar
-iterator (Python's streaming tarfile: ustar, PAX and GNU headers alike). HTTP is fetched by curl
-with at most ``HTTP_RETRIES`` retries, ``HTTP_RETRY_DELAY_S`` s apart, on the errors curl counts as
-transient (timeouts, HTTP 408/429/5xx), after a ``HTTP_CONNECT_TIMEOUT_S`` s connect timeout; a
-refused connection or an HTTP 4xx fails at once. (webdataset's own curl handler retries 30 times
-with a 30 s connect timeout: a quarter of an hour before an unreachable host is reported.) A remote
-shard read to its end is checked against the manifest's size and sha256 from the bytes that stream
-past, so it is never downloaded twice.
+Remote shards (``http(s)://``, ``pipe:``) are opened by ``fetch`` (curl with a low-speed limit, a
+deadline and retries; a command in its own process group) and read by webdataset's tar iterator
+(Python's streaming tarfile: ustar, PAX and GNU headers alike). A read that covers the end of a
+remote shard goes on to its last byte, so the number of samples, the size and the sha256 are
+checked against the manifest from the bytes that stream past: a shard that holds more or other
+samples than its manifest is an error, never a short epoch, and nothing is downloaded twice.
 
 Local files take a fast path that reads tar headers itself and seeks over samples it does not need:
 1.8-2.0x the training loader's throughput through webdataset's iterator on the same files (MNIST
@@ -18,69 +16,53 @@ from __future__ import annotations
 
 import hashlib
 import os
-import re
-import subprocess
 import tarfile
 from typing import BinaryIO, Callable, Iterator
 
 import webdataset as wds
-from webdataset.gopen import Pipe, set_options
 from webdataset.tariterators import base_plus_ext, tar_file_iterator
 
+from vitssl.data.fetch import ReadFailed, is_http, open_stream
 from vitssl.data.manifest import DataError, file_sha256
-from vitssl.data.sources import Shard, local_path
-
-HTTP_RETRIES = 3
-HTTP_RETRY_DELAY_S = 1
-HTTP_CONNECT_TIMEOUT_S = 10
-
-# curl(1) "EXIT CODES", for the one error line.
-_CURL_EXIT = {6: "could not resolve the host", 7: "could not connect", 18: "the transfer ended early",
-              22: "HTTP error (404: no such file, 403: no access)", 28: "timed out",
-              35: "TLS handshake failed", 52: "the server sent nothing", 56: "the connection broke"}
+from vitssl.data.shard import Shard, local_path
+from vitssl.redaction import redact_spec
 
 Members = Iterator[tuple[str, Callable[[], bytes]]]  # (member name, read its data) in tar order
 # Byte offset of every sample of a local shard, per (path, size, mtime): lets a reader start mid-shard.
 _OFFSETS: dict[tuple[str, int, int], list[int]] = {}
 
 
-def _is_http(url: str) -> bool:
-    return url.lower().startswith(("http://", "https://"))
-
-
 def open_url(url: str) -> BinaryIO:
-    """A readable stream of a remote or ``pipe:`` URL; http(s) through curl with bounded retries."""
-    if _is_http(url):
-        return Pipe(["curl", "--connect-timeout", str(HTTP_CONNECT_TIMEOUT_S), "--retry", str(HTTP_RETRIES),
-                     "--retry-delay", str(HTTP_RETRY_DELAY_S), "-f", "-s", "-L", url], mode="rb", bufsize=1 << 16)
+    """A readable stream of a remote or ``pipe:`` URL (see ``fetch``); other schemes through webdataset."""
+    if is_http(url) or url.startswith("pipe:"):
+        return open_stream(url)
     try:
         return wds.gopen(url, "rb")
     except (OSError, ValueError) as err:
-        raise DataError(f"cannot open {url}: {err}") from None
+        raise DataError(f"cannot open {redact_spec(url)}: {type(err).__name__}") from None
 
 
-def _exit_status(stream: BinaryIO | None) -> int | None:
-    """The exit status of curl or a ``pipe:`` command behind ``stream`` once its output ended."""
-    if not isinstance(stream, Pipe):
-        return None
+def _close(stream: BinaryIO | None) -> None:
+    """Close a stream; a transfer or command still running is ended, not waited for."""
+    if stream is None:
+        return
     try:
-        return stream.proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        return None
+        stream.close()
+    except OSError:
+        pass  # a command stopped early reports it: expected
 
 
-def explain(url: str, err: BaseException, stream: BinaryIO | None = None) -> str:
-    """What went wrong reading ``url``, in words: curl's or the command's exit status (a failed command
-    also truncates the tar stream: its status is the cause worth reporting), else the error."""
-    found = re.search(r"exit (-?\d+) \(read\)", str(err))
-    status = int(found.group(1)) if found else _exit_status(stream)
-    if status and _is_http(url):
-        return f"curl exit {status}: {_CURL_EXIT.get(status, 'see curl(1) EXIT CODES')}"
-    if status:
-        return f"the command exited with status {status}"
+def explain(url: str, err: BaseException) -> str:
+    """What went wrong reading ``url``, in words (never the URL itself: the caller names it redacted)."""
+    if isinstance(err, ReadFailed):
+        return str(err)
     if isinstance(err, (tarfile.TarError, EOFError)):
         return f"not a complete tar stream ({str(err).split(' @ ')[0]})"
-    return f"{type(err).__name__}: {err}"
+    return f"{type(err).__name__}: {redact_spec(str(err))}"
+
+
+def where(url: str) -> str:
+    return redact_spec(url)
 
 
 def read_url(url: str) -> bytes:
@@ -94,7 +76,7 @@ def read_url(url: str) -> bytes:
         try:
             return stream.read()
         finally:
-            stream.close()
+            _close(stream)
     except OSError as err:
         raise DataError(explain(url, err)) from None
 
@@ -229,14 +211,17 @@ def read_shard(shard: Shard, want: Callable[[int], bool] = lambda i: True, stop:
     """``(i, raw sample)`` for the samples of ``shard`` with ``start <= i < stop`` (default: all) and
     ``want(i)``. A local shard is entered at sample ``start``; a remote one is read from its beginning.
 
-    One DataError naming the URL when the source cannot be opened, fails, ends before ``stop``, or
-    holds more samples than ``shard.count``; a remote shard read to its end (``stop`` = count) is
-    also checked against the manifest's size and sha256 unless ``verify`` is False.
+    One DataError naming the (redacted) URL when the source cannot be opened, fails, ends before
+    ``stop``, or holds more samples than ``shard.count``. A remote read whose ``stop`` is the shard's
+    end goes on to the last byte: the sample count is checked there, and the size and sha256 too
+    unless ``verify`` is False.
     """
     stop = shard.count if stop is None else stop
     path = local_path(shard.url)
+    to_end = path is None and stop >= shard.count  # a remote shard's end: count every sample
     stream: BinaryIO | None = None
-    finished, n = False, 0
+    counting: _Counting | None = None
+    n = 0
     try:
         first = 0
         if path is not None:
@@ -254,48 +239,44 @@ def read_shard(shard: Shard, want: Callable[[int], bool] = lambda i: True, stop:
             members = _remote_members(counting)
         for i, sample in _samples(members, lambda i: start <= i < stop and want(i), first):
             n = i + 1
-            if i >= stop:
+            if i >= stop and not to_end:
                 break
             if sample is not None:
                 yield i, sample
-        else:
-            finished = True
-            if path is None:
-                counting.drain()
-                stream.close()  # raises if curl or the command failed
+        if to_end:
+            counting.drain()
     except (OSError, tarfile.TarError, EOFError, ValueError) as err:
         if isinstance(err, DataError):
             raise
-        raise DataError(f"shard {shard.url}: {explain(shard.url, err, stream)}") from None
+        raise DataError(f"shard {where(shard.url)}: {explain(shard.url, err)}") from None
     finally:
-        if stream is not None and not finished:
-            set_options(stream, ignore_errors=True)  # stopping early makes curl / the command fail: expected
-            stream.close()
+        _close(stream)
     if n < stop:
         raise DataError(_ended(shard, n))
-    if finished and n > shard.count:
-        raise DataError(f"shard {shard.url} holds {n} samples, its manifest says {shard.count}: re-run data_prep "
-                        f"(or python -m data_prep index) for it")
-    if finished and path is None and verify:
+    if to_end and n > shard.count:
+        raise DataError(f"shard {where(shard.url)} holds {n} samples, its manifest says {shard.count}: re-run "
+                        f"data_prep (or python -m data_prep index) for it")
+    if to_end and verify:
         _check_bytes(shard, counting)
 
 
 def _ended(shard: Shard, n: int) -> str:
-    return (f"shard {shard.url} ended at sample {n} of the {shard.count} in its manifest: re-run data_prep "
+    return (f"shard {where(shard.url)} ended at sample {n} of the {shard.count} in its manifest: re-run data_prep "
             f"(or python -m data_prep index) for it")
 
 
 def _check_bytes(shard: Shard, counting: _Counting) -> None:
     fix = "the shard changed since its manifest was written: re-run python -m data_prep index (or data_prep)"
     if shard.bytes is not None and counting.bytes != shard.bytes:
-        raise DataError(f"shard {shard.url} has {counting.bytes} bytes, its manifest says {shard.bytes}: {fix}")
+        raise DataError(f"shard {where(shard.url)} has {counting.bytes} bytes, its manifest says {shard.bytes}: {fix}")
     if shard.sha256 and counting.sha.hexdigest() != shard.sha256:
-        raise DataError(f"shard {shard.url} is corrupt (sha256 differs from its manifest): {fix}")
+        raise DataError(f"shard {where(shard.url)} is corrupt (sha256 differs from its manifest): {fix}")
 
 
 def scan_shard(url: str) -> tuple[int, int, str]:
     """(samples, bytes, sha256) of one shard, by reading it once."""
     path = local_path(url)
+    stream: BinaryIO | None = None
     try:
         if path is not None:
             with open(path, "rb") as f:
@@ -303,17 +284,12 @@ def scan_shard(url: str) -> tuple[int, int, str]:
             return count, os.path.getsize(path), file_sha256(path)
         stream = open_url(url)
         counting = _Counting(stream)
-        try:
-            count = sum(1 for _ in _samples(_remote_members(counting), lambda i: False))
-            counting.drain()
-        finally:
-            set_options(stream, ignore_errors=True)  # the status is checked below, with the tar's errors
-            stream.close()
-        status = _exit_status(stream)
-        if status:
-            raise OSError(f"exit {status} (read)")
+        count = sum(1 for _ in _samples(_remote_members(counting), lambda i: False))
+        counting.drain()
         return count, counting.bytes, counting.sha.hexdigest()
     except (OSError, tarfile.TarError, EOFError, ValueError) as err:
         if isinstance(err, DataError):
             raise
-        raise DataError(f"shard {url}: {explain(url, err, stream if path is None else None)}") from None
+        raise DataError(f"shard {where(url)}: {explain(url, err)}") from None
+    finally:
+        _close(stream)

@@ -1,9 +1,14 @@
 """Crash-safe checkpoints around accelerate's save_state / load_state.
 
 accelerate writes straight into the target folder and prunes before the new one is complete.
-Here every process writes into `.tmp-checkpoint-<step>`, the main process adds the trainer state
-and the encoder export, then renames the folder to `checkpoint-<step>` (the rename marks it
-complete) and only then prunes old ones. Resume only ever sees complete folders.
+Here every process writes into `.tmp-checkpoint-<step>`, the main process adds the trainer state,
+the encoder export and, last, the completion marker `COMPLETE`, then renames the folder to
+`checkpoint-<step>` and only then prunes old ones, deleting each one's marker first. A folder is a
+checkpoint only with its marker, so one cut short by a kill during pruning is never resumed from
+(and is removed when the folder's next owner starts).
+
+A checkpoint folder is trusted input: accelerate restores RNG states and DeepSpeed its optimizer
+state with `torch.load(weights_only=False)`, which can run code. Resume only from folders you wrote.
 """
 from __future__ import annotations
 
@@ -25,13 +30,14 @@ PREFIX = "checkpoint-"
 TRAINER_STATE = "trainer_state.json"
 ENCODER_FILE = "encoder.pt"
 CONFIG_FILE = "config.yaml"
+COMPLETE = "COMPLETE"  # written last: the folder holds every file of the checkpoint
 
 
 def list_checkpoints(root: Path) -> list[Path]:
     """Complete checkpoints, oldest first."""
     if not root.is_dir():
         return []
-    done = [p for p in root.glob(f"{PREFIX}*") if p.is_dir() and (p / TRAINER_STATE).is_file()]
+    done = [p for p in root.glob(f"{PREFIX}*") if p.is_dir() and (p / COMPLETE).is_file()]
     return sorted(done, key=lambda p: int(p.name[len(PREFIX):]))
 
 
@@ -45,9 +51,19 @@ class CheckpointWriteError(Exception):
 
 
 def remove_partial(root: Path) -> None:
-    """Drop `.tmp-checkpoint-*` folders a killed or failed save left (the caller owns the folder)."""
+    """Drop what a killed or failed save or prune left: `.tmp-checkpoint-*` folders and checkpoint
+    folders without their marker (the caller owns the folder)."""
     for tmp in root.glob(f".tmp-{PREFIX}*"):
         shutil.rmtree(tmp, ignore_errors=True)
+    for cut in root.glob(f"{PREFIX}*"):
+        if cut.is_dir() and not (cut / COMPLETE).is_file():
+            shutil.rmtree(cut, ignore_errors=True)
+
+
+def remove_checkpoint(folder: Path) -> None:
+    """The marker first: a kill mid-way leaves a folder no one takes for a checkpoint."""
+    (folder / COMPLETE).unlink(missing_ok=True)
+    shutil.rmtree(folder, ignore_errors=True)
 
 
 def save_checkpoint(accelerator: Accelerator, root: Path, step: int, trainer_state: dict,
@@ -65,6 +81,7 @@ def save_checkpoint(accelerator: Accelerator, root: Path, step: int, trainer_sta
             torch.save(encoder_export, tmp / ENCODER_FILE)
             (tmp / CONFIG_FILE).write_text(config_yaml)
             (tmp / TRAINER_STATE).write_text(json.dumps(trainer_state, indent=2))
+            (tmp / COMPLETE).write_text(f"{step}\n")
     except (OSError, RuntimeError, SafetensorError) as err:  # how torch.save and safetensors report a full disk
         shutil.rmtree(tmp, ignore_errors=True)
         last = latest_checkpoint(root)
@@ -75,10 +92,10 @@ def save_checkpoint(accelerator: Accelerator, root: Path, step: int, trainer_sta
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         if final.exists():
-            shutil.rmtree(final)
+            remove_checkpoint(final)
         tmp.rename(final)
         for old in list_checkpoints(root)[:-keep]:
-            shutil.rmtree(old, ignore_errors=True)
+            remove_checkpoint(old)
     accelerator.wait_for_everyone()
     return final
 

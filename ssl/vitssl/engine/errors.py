@@ -13,6 +13,7 @@ from vitssl.data import DataError
 from vitssl.engine.accelerator import LaunchError
 from vitssl.engine.checkpoint import CheckpointWriteError
 from vitssl.engine.lock import RunFolderBusy
+from vitssl.redaction import redact_text
 from vitssl.tracking.buffered import TrackingUnavailable
 
 USER_ERRORS = (ConfigError, DataError, LaunchError, RunFolderBusy, TrackingUnavailable, CheckpointWriteError)
@@ -28,7 +29,7 @@ def exit_code_on_error(work: Callable[[], T]) -> T | int:
     try:
         return work()
     except USER_ERRORS as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {redact_text(str(e))}", file=sys.stderr)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

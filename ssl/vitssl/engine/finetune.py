@@ -17,7 +17,7 @@ import torch
 from vitssl.config import ConfigError
 from vitssl.config.finetune import FinetuneConfig
 from vitssl.engine.pretrained import Pretrained, build_encoder, load_teacher, resolve_pretrained
-from vitssl.engine.run import RunSession
+from vitssl.engine.run import RunSession, run_name_with
 from vitssl.engine.zero_gather import gathered_parameters
 from vitssl.eval import knn_predict, split_features, standardise, stream_split, train_linear_probe
 from vitssl.eval.embeddings import feature_stats
@@ -25,6 +25,7 @@ from vitssl.eval.report import SplitPredictions, report
 from vitssl.models import DROP_PATH, LAYER_IDS, capabilities_of, encoder_export
 from vitssl.objectives.classify import Classify, ClassifyOptions
 from vitssl.objectives.distill import Distill, DistillOptions
+from vitssl.redaction import redacted_dump
 from vitssl.tracking.handoff import link_pretrained
 
 EVAL_BATCH = 256
@@ -73,7 +74,7 @@ def run_finetune(cfg: FinetuneConfig) -> FinetuneResult:
     experiment = cfg.run.experiment
     if "experiment" not in cfg.run.model_fields_set and pretrained.experiment:
         experiment = pretrained.experiment  # beside the pretraining run unless run.experiment says otherwise
-    name = cfg.run.run_name or f"{cfg.run.name}-{pretrained.objective}-{ft.mode}-s{cfg.run.seed}"
+    name = cfg.run.run_name or run_name_with(cfg.run.name, str(pretrained.objective), ft.mode, f"s{cfg.run.seed}")
     with RunSession(cfg, experiment, name, run_tags(cfg, pretrained)) as run:
         run.inputs = [("training", cfg.data.split)] + [("evaluation", split) for split in ft.splits(cfg.data)]
         if pretrained.handoff is not None:  # the run records the exact logged model it consumed
@@ -112,7 +113,7 @@ def _finetune(run: RunSession, cfg: FinetuneConfig, encoder, pretrained: Pretrai
         return encoder_export(m.encoder) | {
             "head": {k: v.detach().cpu() for k, v in m.head.state_dict().items()},
             "objective": "classify", "pretrained_objective": pretrained.objective,
-            "config": cfg.model_dump(mode="json")}
+            "config": redacted_dump(cfg)}
 
     t0 = time.perf_counter()
     fit = run.fit(model, export, f"finetune {pretrained.objective} encoder (layer decay {ft.layer_decay})",

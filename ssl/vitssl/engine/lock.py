@@ -54,6 +54,7 @@ class RunFolderLock:
         self.path = self.folder / LOCK_FILE
         self.token: str | None = None
         self.created = False
+        self.taken_over: dict | None = None  # the lock of a dead owner this one replaced
 
     def describe(self, owner: dict) -> str:
         since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(owner.get("started", 0)))
@@ -82,12 +83,23 @@ class RunFolderLock:
                         f"{self.folder} is in use by {self.describe(owner)}: stop that trainer first, or set "
                         "another run.output_dir") from None
                 self.path.unlink(missing_ok=True)  # its owner is gone: a stale lock
+                self.taken_over = owner
                 continue
             with os.fdopen(fd, "w") as f:
                 json.dump(me, f)
             self.token = me["token"]
             return self.token
         raise RunFolderBusy(f"{self.folder}: could not take {self.path} (other trainers keep taking it)")
+
+    def record(self, **fields) -> None:
+        """Add ``fields`` (e.g. the MLflow run id) to our lock, atomically: a later owner that finds this
+        lock stale learns what the dead trainer left unfinished."""
+        mine = self.read()
+        if self.token is None or (mine or {}).get("token") != self.token:
+            return
+        tmp = self.path.with_name(f"{LOCK_FILE}.{self.token}")
+        tmp.write_text(json.dumps(mine | fields))
+        os.replace(tmp, self.path)
 
     def read(self) -> dict | None:
         try:

@@ -12,6 +12,7 @@ from vitssl.engine.run import RunSession
 from vitssl.engine.trainer import FitResult
 from vitssl.models import encoder_export
 from vitssl.objectives import build_objective, parse_options
+from vitssl.redaction import redacted_dump
 from vitssl.tracking.encoder_model import log_encoder
 
 
@@ -33,7 +34,7 @@ def run_pretrain(cfg: PretrainConfig) -> FitResult:
                                                       check_sha=cfg.data.check_sha)))
 
         def export(model) -> dict:
-            return encoder_export(model.encoder) | {"objective": name, "config": cfg.model_dump(mode="json")}
+            return encoder_export(model.encoder) | {"objective": name, "config": redacted_dump(cfg)}
 
         result = run.fit(objective, export, name, figure_batch=figure_batch)
         run.trainer.log_curves()

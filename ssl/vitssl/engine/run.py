@@ -10,18 +10,22 @@ its export, its tags and what it reports.
 """
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 from typing import Callable
 
 import torch
+import yaml
 from accelerate import Accelerator
 from accelerate.utils import DistributedType, set_seed
 
-from vitssl.config import ConfigError, flatten, to_yaml
+from vitssl.config import ConfigError, flatten
 from vitssl.data.checks import check_run_data
+from vitssl.data.fetch import ReadLimits, configure_reads
 from vitssl.engine.accelerator import build_accelerator
 from vitssl.engine.checkpoint import (
+    COMPLETE,
     CONFIG_FILE,
     TRAINER_STATE,
     Checkpointer,
@@ -32,6 +36,7 @@ from vitssl.engine.lock import lock_run_folder
 from vitssl.engine.optimizer import build_optimizer
 from vitssl.engine.plan import TrainingPlan, make_training_plan
 from vitssl.engine.trainer import FitResult, Trainer, TrainerOptions
+from vitssl.redaction import redact_argv, redact_spec, redacted_dump, redacted_yaml
 from vitssl.tracking.buffered import BufferedRun
 from vitssl.tracking.lineage import log_run_lineage, source_tags
 from vitssl.tracking.system_metrics import SystemMetrics
@@ -44,17 +49,52 @@ def resume_folder(cfg, root: Path) -> Path | None:
     if mode == "auto":
         return latest_checkpoint(root)
     folder = Path(mode)
-    if not (folder / TRAINER_STATE).is_file():
-        raise ConfigError(f"run.resume={mode!r}: not a complete checkpoint folder (no {TRAINER_STATE}); "
+    if not (folder / COMPLETE).is_file():
+        raise ConfigError(f"run.resume={mode!r}: not a complete checkpoint folder (no {COMPLETE} marker); "
                           "use auto, never, or the path of a checkpoint-* folder")
     return folder
+
+
+# what makes a run the run it is: resuming a checkpoint with other values would silently mix two runs
+IDENTITY_KEYS = ("data.shards", "objective.", "finetune.pretrained", "finetune.mode")
+
+
+def check_resumable(cfg, folder: Path) -> None:
+    """One ConfigError when the checkpoint in ``folder`` was trained on another data source or objective
+    than ``cfg`` asks for (compared as stored: redacted). A checkpoint without a config passes."""
+    try:
+        stored = flatten(yaml.safe_load((folder / CONFIG_FILE).read_text()) or {})
+    except (OSError, yaml.YAMLError):
+        return
+    wanted = flatten(redacted_dump(cfg))
+    for key in sorted(set(stored) & set(wanted)):
+        if key.startswith(IDENTITY_KEYS) and str(stored[key]) != str(wanted[key]):
+            raise ConfigError(
+                f"run.resume={cfg.run.resume}: {folder} was trained with {key}={stored[key]!r}, this command has "
+                f"{wanted[key]!r}: start a new run with another run.name (or run.resume=never to overwrite), or "
+                f"resume with the same {key}")
+
+
+def announce_resume(folder: Path, cfg) -> None:
+    try:
+        step = json.loads((folder / TRAINER_STATE).read_text()).get("step")
+    except (OSError, ValueError):
+        step = "?"
+    print(f"resuming run {cfg.run.name!r} from {folder} (step {step}); to start fresh instead: run.resume=never "
+          f"or another run.name", flush=True)
+
+
+def run_name_with(base: str, *parts: str) -> str:
+    """``base`` and the ``parts`` it does not carry yet: ``ft-knn`` + (mae, knn, s0) -> ``ft-knn-mae-s0``."""
+    have = base.split("-")
+    return "-".join([base, *(p for p in parts if p not in have)])
 
 
 def common_tags(accelerator: Accelerator) -> dict[str, str]:
     return {"world_size": str(accelerator.num_processes),
             "precision": str(accelerator.mixed_precision), "device": str(accelerator.device),
             "distributed_type": str(accelerator.distributed_type), "torch": torch.__version__,
-            "command": " ".join(sys.argv)}
+            "command": redact_argv(sys.argv)}
 
 
 class RunSession:
@@ -62,13 +102,15 @@ class RunSession:
                  accelerator: Accelerator | None = None):
         self.cfg = cfg
         self.accelerator = accelerator or build_accelerator(cfg.run, cfg.data.batch_size)
+        d = cfg.data
+        configure_reads(ReadLimits(d.read_min_bytes_per_s, d.read_stall_s, d.read_deadline_s, d.read_retries))
         set_seed(cfg.run.seed)  # same initial weights on every process
         self.out_dir = Path(cfg.run.resolved_output_dir())
         self.run_name = run_name
         self.tags = tags | common_tags(self.accelerator)
         if cfg.run.parent_run_id and "mlflow.parentRunId" not in tags:
             self.tags["mlflow.parentRunId"] = cfg.run.parent_run_id
-        self.tags |= cfg.run.tags
+        self.tags |= {k: redact_spec(v) for k, v in cfg.run.tags.items()}
         if self.is_main:  # + mlflow.user, mlflow.source.* (git commit), as mlflow.start_run would set them
             self.tags = source_tags(self.tags)
         self.tracker = BufferedRun(self.accelerator.is_main_process, cfg.run.tracking_uri, experiment, self.out_dir,
@@ -89,11 +131,36 @@ class RunSession:
     def __enter__(self) -> RunSession:
         check_run_data(self.cfg)  # labels, channels and image size against the config: one line, before any step
         self.resume = resume_folder(self.cfg, self.out_dir)  # a bad run.resume fails before anything is written
+        if self.resume is not None:
+            check_resumable(self.cfg, self.resume)
+            if self.is_main:
+                announce_resume(self.resume, self.cfg)
         self.lock = lock_run_folder(self.accelerator, self.out_dir)  # one owner per folder, before any write
-        if self.is_main:
-            remove_partial(self.out_dir)  # ours now: what a killed save left is garbage
-            (self.out_dir / CONFIG_FILE).write_text(to_yaml(self.cfg))
+        try:
+            if self.is_main:
+                self._end_dead_owners_run()
+                remove_partial(self.out_dir)  # ours now: what a killed save left is garbage
+                (self.out_dir / CONFIG_FILE).write_text(redacted_yaml(self.cfg))
+        except BaseException:  # a stop signal here too: leave no lock behind
+            self.lock.release()
+            raise
         return self
+
+    def _end_dead_owners_run(self) -> None:
+        """A trainer killed outright (SIGKILL, a lost node) left its MLflow run RUNNING: mark it KILLED
+        (a resume reopens it as RUNNING right after)."""
+        run_id = (self.lock.taken_over or {}).get("mlflow_run_id") if self.lock is not None else None
+        if run_id is None or not self.tracker.enabled:
+            return
+        import mlflow
+
+        try:
+            client = mlflow.MlflowClient(self.tracker.tracking_uri)
+            if client.get_run(run_id).info.status == "RUNNING":
+                client.set_terminated(run_id, status="KILLED")
+                print(f"MLflow run {run_id} of the trainer that died in {self.out_dir} marked KILLED")
+        except Exception as err:  # the store unreachable now: the start that follows says so
+            print(f"warning: could not mark the dead trainer's MLflow run {run_id} KILLED ({type(err).__name__})")
 
     def __exit__(self, exc_type, exc, tb) -> None:
         try:
@@ -101,7 +168,7 @@ class RunSession:
             if exc_type is not None:
                 if getattr(self.trainer, "bar", None) is not None:
                     self.trainer.bar.close()  # so the error line that follows starts a line of its own
-                self.tracker.end("FAILED")
+                self.tracker.end("KILLED" if issubclass(exc_type, KeyboardInterrupt) else "FAILED")
                 return
             self.tracker.end("KILLED" if self.interrupted else "FINISHED")
             self.accelerator.wait_for_everyone()
@@ -112,9 +179,11 @@ class RunSession:
     def start_tracking(self, params: dict, run_id: str | None = None) -> str | None:
         """Create (or reopen, on resume) the MLflow run; a new run gets the config as params and artifact."""
         run_id_now = self.tracker.start(self.run_name, self.tags, run_id=run_id)
+        if self.lock is not None and run_id_now is not None:
+            self.lock.record(mlflow_run_id=run_id_now)
         if run_id is None and self.tracker.enabled:
-            self.tracker.log_params(flatten(self.cfg.model_dump(mode="json")) | params)
-            self.tracker.log_text(to_yaml(self.cfg), CONFIG_FILE)
+            self.tracker.log_params(flatten(redacted_dump(self.cfg)) | params)
+            self.tracker.log_text(redacted_yaml(self.cfg), CONFIG_FILE)
             if self.tracker.offline:  # lineage goes straight to the server: log it on a later start
                 print("warning: tracking server unreachable; dataset inputs and lineage not logged for this run")
             else:
@@ -134,7 +203,7 @@ class RunSession:
         optimizer = build_optimizer(model, cfg.optim, sch.peak_lr, lr_scale,
                                     fused=acc.distributed_type != DistributedType.DEEPSPEED)
         checkpointer = Checkpointer(self.out_dir, cfg.run.checkpoint_every, cfg.run.keep_checkpoints, export,
-                                    to_yaml(cfg))
+                                    redacted_yaml(cfg))
         trainer = self.trainer = Trainer(acc, model, optimizer, plan, self.tracker, checkpointer,
                                          TrainerOptions.from_run(cfg.run), figure_batch)
         folder = self.resume
@@ -150,7 +219,8 @@ class RunSession:
             trainer.logged_through = self.tracker.last_step(("loss", "epoch_loss"))
         acc.print(f"{describe}: {acc.num_processes} process(es) on {acc.device}, precision {acc.mixed_precision}, "
                   f"global batch {plan.global_batch}, {plan.lr_rule}, {sch.steps_per_epoch} steps/epoch x "
-                  f"{cfg.run.epochs} epochs")
+                  f"{cfg.run.epochs} epochs"
+                  + (f", stopping at step {sch.total_steps} (run.max_steps)" if cfg.run.max_steps else ""))
         result = trainer.fit()
         self.interrupted = result.interrupted
         return result

@@ -11,7 +11,6 @@ before every checkpoint (so no checkpoint holds a non-finite step).
 """
 from __future__ import annotations
 
-import signal
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -25,7 +24,7 @@ from tqdm.auto import tqdm
 
 from vitssl.engine.batches import to_model_input
 from vitssl.engine.checkpoint import Checkpointer, load_checkpoint
-from vitssl.engine.lifetime import stop_watching_parent
+from vitssl.engine.lifetime import StopRequest
 from vitssl.engine.plan import TrainingPlan, set_lr
 from vitssl.engine.precision import cast_float_buffers, model_dtype
 from vitssl.engine.zero_gather import gathered_parameters
@@ -102,27 +101,6 @@ class TrainState:
         s.epoch_means = RunningMeans.from_dict(d.get("epoch_means"))
         s.window_means = RunningMeans.from_dict(d.get("window_means"))
         return s
-
-
-class StopRequest:
-    """Turns SIGTERM/SIGINT into a flag the loop checks."""
-
-    def __init__(self):
-        self.requested = False
-        self._previous = {}
-
-    def __enter__(self):
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            self._previous[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def _handle(self, signum, frame):
-        self.requested = True
-        stop_watching_parent()  # stopping already: a dying launcher's repeated SIGTERM must not cut the save
-
-    def __exit__(self, *exc):
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
 
 
 @dataclass
@@ -203,7 +181,7 @@ class Trainer:
                 expected = self.plan.batches_per_epoch - done_in_epoch * sch.grad_accum  # the loader's
                 seen = 0
                 self.model.train()
-                for batch in self.plan.make_loader(st.epoch, done_in_epoch):
+                for batch in stop.interruptible(self.plan.make_loader(st.epoch, done_in_epoch)):
                     seen += 1
                     if seen > expected:
                         raise LoaderMismatchError(
@@ -259,6 +237,8 @@ class Trainer:
                         return FitResult(st, self.last_checkpoint, True)
                     if st.step >= total:
                         break
+                if stop.read_interrupted:
+                    return self._stop_while_waiting(bar)
                 if st.step < total and seen != expected:
                     raise LoaderMismatchError(
                         f"the data loader ended epoch {st.epoch} after {seen} of the {expected} batches planned "
@@ -272,6 +252,16 @@ class Trainer:
             self.save()
         bar.close()
         return FitResult(st, self.last_checkpoint, False)
+
+    def _stop_while_waiting(self, bar) -> FitResult:
+        """A stop request while the loader was blocked (a stalled source): save what one process can
+        save alone; with several, the others are ended by the launcher and resume uses the last save."""
+        st, acc = self.state, self.accelerator
+        bar.close()
+        print(f"stop requested while waiting for data on process {acc.process_index} (step {st.step})", flush=True)
+        if acc.num_processes == 1 and self.last_saved_step != st.step:
+            self.save()
+        return FitResult(st, self.last_checkpoint, True)
 
     def _log_window(self, elapsed: float, images: int) -> None:
         acc, st = self.accelerator, self.state

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from vitssl.messages import first_line
+from vitssl.redaction import redact_urls
 from vitssl.tracking.mlflow_run import MlflowRun, log_figure_as_png, resolve_tracking_uri
 from vitssl.tracking.spool import REJECTED_FILE, Spool, apply_call
 
@@ -88,7 +89,8 @@ class BufferedRun:
                 if time.monotonic() + self.probe_every < deadline:
                     time.sleep(self.probe_every)
                     continue
-                where = f"MLflow at {self.tracking_uri} unreachable for {self.start_timeout:.0f} s ({first_line(err)})"
+                where = (f"MLflow at {redact_urls(self.tracking_uri)} unreachable for {self.start_timeout:.0f} s "
+                         f"({first_line(err)})")
                 if self.required:
                     raise TrackingUnavailable(
                         f"{where}: start the server or fix run.tracking_uri, or set "
@@ -166,7 +168,7 @@ class BufferedRun:
                 self._queue.task_done()
             self._closed = True
         if self.spool:
-            print(f"warning: MLflow at {self.tracking_uri} did not take every call; "
+            print(f"warning: MLflow at {redact_urls(self.tracking_uri)} did not take every call; "
                   f"{len(self.spool.read())} kept in {self.spool.ops_file}: the next resume of this run replays "
                   f"them, or run: python -m vitssl.tracking.spool {self.spool.folder.parent}", flush=True)
 
@@ -217,7 +219,7 @@ class BufferedRun:
                 print(f"warning: MLflow refused {method} ({first_line(err)}); kept in "
                       f"{self.spool.folder / REJECTED_FILE}", flush=True)
                 return
-            print(f"warning: MLflow at {self.tracking_uri} unreachable ({first_line(err)}); training goes on, "
+            print(f"warning: MLflow at {redact_urls(self.tracking_uri)} unreachable ({first_line(err)}); training goes on, "
                   f"calls are kept in {self.spool.ops_file} until it is back", flush=True)
             self.offline = True
             for run_id_, method_, kwargs_ in group:
@@ -230,7 +232,7 @@ class BufferedRun:
             if self.spool:
                 created = self.spool.replay(self.inner)
                 self.run_id = self.run_id or created
-                print(f"MLflow at {self.tracking_uri} is back: spooled calls replayed", flush=True)
+                print(f"MLflow at {redact_urls(self.tracking_uri)} is back: spooled calls replayed", flush=True)
             return True
         except Exception:  # noqa: BLE001
             return False

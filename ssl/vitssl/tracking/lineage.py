@@ -10,9 +10,11 @@ import hashlib
 import json
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from vitssl.data.manifest import split_info
-from vitssl.data.sources import is_url_list, local_path, source_manifest
+from vitssl.data.sources import expand, is_url_list, local_path, source_manifest
+from vitssl.redaction import redact_spec
 from vitssl.tracking.mlflow_run import git_commit
 
 CONTEXT_TAG = "mlflow.data.context"
@@ -51,12 +53,23 @@ def shard_dataset(shard_dir: str | Path, split: str):
     sha = split_sha256(manifest, split, shard_dir)
     profile = {"split": split, "num_samples": info["count"], "per_class": info.get("per_class", {}),
                "num_shards": len(info["shards"]), "classes": manifest.get("classes", []), "sha256": sha,
-               "data_source": manifest.get("source", {}), "prep_command": manifest.get("command", "")}
-    meta = MetaDataset(_dataset_source(str(shard_dir)),
-                       name=f"{manifest.get('dataset', Path(shard_dir).name)}-{split}", digest=sha[:DIGEST_CHARS])
+               "data_source": manifest.get("source", {}), "prep_command": redact_spec(manifest.get("command", ""))}
+    meta = MetaDataset(_dataset_source(str(shard_dir)), name=f"{dataset_name(manifest, str(shard_dir))}-{split}",
+                       digest=sha[:DIGEST_CHARS])
     d = meta.to_dict()  # the public description of the dataset; MetaDataset has no profile: add the counts
     return Dataset(d["name"], d["digest"], d["source_type"], d["source"], schema=d.get("schema"),
                    profile=json.dumps(profile))
+
+
+def dataset_name(manifest: dict, spec: str) -> str:
+    """The manifest's dataset (``mnist``), or for an index or a URL list the folder the shards are in."""
+    name = manifest.get("dataset")
+    if name and name not in ("index", "shard URLs"):
+        return name
+    first = expand(spec)[0] if is_url_list(spec) else spec.rstrip("/") + "/manifest.json"
+    if first.startswith("pipe:"):
+        return "pipe"
+    return Path(urlsplit(first).path).parent.name or "shards"
 
 
 def _dataset_source(spec: str):
@@ -68,6 +81,7 @@ def _dataset_source(spec: str):
 
     if local_path(spec) is not None and not is_url_list(spec):
         return resolve_dataset_source(str(Path(spec).resolve()))  # a "local" source
+    spec = redact_spec(spec)  # a URL's credentials and tokens, a command: never stored
     try:
         return resolve_dataset_source(spec)
     except MlflowException:

@@ -14,6 +14,9 @@ from typing import Any
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 PARAM_MAX_CHARS = 6000  # MLflow's limit for one param value
 MAX_METRICS_PER_BATCH = 1000  # MLflow's limit for one log_batch
+# MLflow 3's UI opens an experiment by this tag: model training (runs, metrics, models), not its GenAI
+# view (traces, token usage) that it guesses for an untagged one
+EXPERIMENT_KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_development"
 
 
 def resolve_tracking_uri(configured: str | None) -> str:
@@ -52,7 +55,12 @@ class MlflowRun:
             self.run_id = run_id
         else:
             exp = self._client.get_experiment_by_name(self.experiment)
-            exp_id = exp.experiment_id if exp else self._client.create_experiment(self.experiment)
+            if exp is None:
+                exp_id = self._client.create_experiment(self.experiment, tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
+            else:
+                exp_id = exp.experiment_id
+                if EXPERIMENT_KIND_TAG not in exp.tags:
+                    self._client.set_experiment_tag(exp_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
             run = self._client.create_run(exp_id, run_name=run_name, tags=tags)
             self.run_id = run.info.run_id
         return self.run_id

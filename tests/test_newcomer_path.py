@@ -1,0 +1,65 @@
+"""Where a new user trips: a resume says so in its first line, a resume with another data source or
+objective is one error line, experiments open as model training in MLflow 3's UI, dataset inputs
+carry the data's name."""
+from __future__ import annotations
+
+import mlflow
+import pytest
+import yaml
+
+from vitssl.config import ConfigError, PretrainConfig, build_config
+from vitssl.engine.checkpoint import COMPLETE, CONFIG_FILE, TRAINER_STATE
+from vitssl.engine.run import announce_resume, check_resumable
+from vitssl.redaction import redacted_dump
+from vitssl.tracking.lineage import dataset_name
+from vitssl.tracking.mlflow_run import MlflowRun
+
+
+def _checkpoint(tmp_path, **sections):
+    folder = tmp_path / "checkpoint-00000007"
+    folder.mkdir()
+    cfg = build_config(PretrainConfig, sections)
+    (folder / CONFIG_FILE).write_text(yaml.safe_dump(redacted_dump(cfg)))
+    (folder / TRAINER_STATE).write_text('{"step": 7}')
+    (folder / COMPLETE).write_text("7\n")
+    return folder
+
+
+def test_resuming_another_source_or_objective_is_one_line(tmp_path, capsys):
+    folder = _checkpoint(tmp_path, data={"shards": "http://h/d?sig=TOKEN"}, objective={"name": "mae"})
+    same = build_config(PretrainConfig, {"data": {"shards": "http://h/d?sig=TOKEN"}, "objective": {"name": "mae"}})
+    check_resumable(same, folder)  # compared as stored: redacted on both sides
+    other = build_config(PretrainConfig, {"data": {"shards": "pipe:cat x/train-000000.tar"}, "objective": {"name": "mae"}})
+    with pytest.raises(ConfigError, match=r"was trained with data.shards='http://h/d\?sig=\*\*\*', this command has "
+                                          r"'pipe:\*\*\* \(train-000000.tar\)': start a new run with another run.name"):
+        check_resumable(other, folder)
+    infonce = build_config(PretrainConfig, {"data": {"shards": "http://h/d?sig=TOKEN"}, "objective": {"name": "infonce"}})
+    with pytest.raises(ConfigError, match=r"objective.name='mae', this command has 'infonce'"):
+        check_resumable(infonce, folder)
+    announce_resume(folder, same)
+    assert capsys.readouterr().out == (f"resuming run 'run' from {folder} (step 7); to start fresh instead: "
+                                       "run.resume=never or another run.name\n")
+
+
+def test_experiments_are_tagged_as_model_training(tmp_path):
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    MlflowRun(True, uri, "fresh").start("r", {})
+    client = mlflow.MlflowClient(uri)
+    client.create_experiment("older")  # made before the tag existed
+    MlflowRun(True, uri, "older").start("r", {})
+    for name in ("fresh", "older"):
+        assert client.get_experiment_by_name(name).tags["mlflow.experimentKind"] == "custom_model_development"
+
+
+def test_dataset_inputs_are_named_after_the_data():
+    assert dataset_name({"dataset": "mnist"}, "/x/y") == "mnist"
+    assert dataset_name({"dataset": "index"}, "/data/mnist012") == "mnist012"
+    assert dataset_name({"dataset": "shard URLs"}, "http://h/d/tiny/train-{000000..000002}.tar") == "tiny"
+
+
+def test_run_names_repeat_no_suffix():
+    from vitssl.engine.run import run_name_with
+
+    assert run_name_with("ft-knn", "mae", "knn", "s0") == "ft-knn-mae-s0"
+    assert run_name_with("mae-s0-knn", "mae", "knn", "s0") == "mae-s0-knn"
+    assert run_name_with("run", "mae", "finetune", "s1") == "run-mae-finetune-s1"

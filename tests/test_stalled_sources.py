@@ -1,0 +1,124 @@
+"""A source that stalls forever (a real HTTP server that stops sending mid-body): one error line
+within the configured bounds, and a stop signal ends a trainer blocked on it within seconds."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from vitssl.data import DataError, make_train_loader
+from vitssl.data.fetch import ReadLimits, configure_reads, read_limits
+from vitssl.engine.checkpoint import latest_checkpoint
+from vitssl.engine.lock import LOCK_FILE
+
+from fixtures import make_mnist_shards
+from http_shards import stalling_http_server
+from launching import ROOT, client, env, wait_until
+
+
+@pytest.fixture(scope="module")
+def m3x100(tmp_path_factory) -> Path:
+    """3 train and 3 test shards of 100, in <root>/d."""
+    return make_mnist_shards(tmp_path_factory.mktemp("stall") / "d", "--shard-max-count", "100")
+
+
+@pytest.fixture
+def limits():
+    before = read_limits()
+    yield configure_reads
+    configure_reads(before)
+
+
+def test_a_stalled_shard_is_one_line_after_its_retries(m3x100, limits):
+    limits(ReadLimits(min_bytes_per_s=1024, stall_s=1, deadline_s=60, retries=1, retry_delay_s=0.1))
+    with stalling_http_server(m3x100.parent, ["train-000001.tar"]) as url:
+        loader = make_train_loader(f"{url}/d", batch_size=8, rank=0, world_size=1, shuffle=False, streams=1)
+        with pytest.raises(DataError) as err:
+            list(loader)
+    assert str(err.value) == (f"shard {url}/d/train-000001.tar: curl exit 28: stalled: less than "
+                              "data.read_min_bytes_per_s=1024 B/s for data.read_stall_s=1 s after 2 attempts")
+
+
+def test_a_manifest_past_its_deadline_is_one_line(m3x100, limits):
+    limits(ReadLimits(min_bytes_per_s=1, stall_s=30, deadline_s=2, retries=3, retry_delay_s=0.1))
+    with stalling_http_server(m3x100.parent, ["manifest.json"]) as url:
+        with pytest.raises(DataError, match=r"no manifest.json at .*/d \(curl exit 28: not done within "
+                                            r"data.read_deadline_s=2 s; raise it for large shards"):
+            make_train_loader(f"{url}/d", batch_size=8, rank=0, world_size=1)
+
+
+# ---------------------------------------------------------------- a trainer on a stalled source
+
+MAE = "configs/mnist012/mae.yaml"
+
+
+def trainer(url: str, tmp_path: Path, *extra: str) -> subprocess.Popen:
+    cmd = [sys.executable, str(ROOT / "launch/pretrain.py"), "--config", str(ROOT / MAE),
+           f"data.shards={url}/d", f"run.output_dir={tmp_path}/run", f"run.tracking_uri=sqlite:///{tmp_path}/mlflow.db",
+           "data.batch_size=8", "data.shuffle=false", "data.streams=1", "run.epochs=5", "run.checkpoint_every=5",
+           "run.log_every=5", "run.figure_every=0", *extra]
+    log = open(tmp_path / "log.txt", "w")
+    return subprocess.Popen(cmd, cwd=tmp_path, env=env(), stdout=log, stderr=subprocess.STDOUT, text=True)
+
+
+def stop(proc: subprocess.Popen, tmp_path: Path) -> tuple[int, str]:
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(timeout=60)
+    return proc.returncode, (tmp_path / "log.txt").read_text()
+
+
+@pytest.mark.slow
+def test_sigterm_ends_a_trainer_blocked_on_a_stalled_shard(m3x100, tmp_path):
+    # shard 0 trains 12 steps (checkpoints 5 and 10), then shard 1 stalls forever; its DataLoader worker
+    # is the one blocked, the trainer waits on it
+    with stalling_http_server(m3x100.parent, ["train-000001.tar"]) as url:
+        proc = trainer(url, tmp_path, "data.num_workers=1", "data.read_stall_s=600")
+        wait_until(lambda: "| 12/" in (tmp_path / "log.txt").read_text() or proc.poll() is not None, 300,
+                   "no step 12")
+        time.sleep(2)  # blocked: step 13 needs the stalled shard's samples
+        rc, out = stop(proc, tmp_path)
+    assert rc == 143, out[-3000:]
+    assert "Traceback" not in out and "stop requested while waiting for data" in out, out[-3000:]
+    assert latest_checkpoint(tmp_path / "run").name == "checkpoint-00000012"  # the steps done since 10 are kept
+    [run] = client(tmp_path).search_runs(experiment_ids=[client(tmp_path).get_experiment_by_name("mnist012").experiment_id])
+    assert run.info.status == "KILLED"
+    assert not (tmp_path / "run" / LOCK_FILE).exists()
+    assert not [p for p in os.listdir("/proc") if p.isdigit() and _is_our_curl(int(p))], "a transfer outlived it"
+
+
+def _is_our_curl(pid: int) -> bool:
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+    return cmdline.startswith(b"curl\0") and b"--speed-time\x00600\x00" in cmdline  # this test's stall_s
+
+
+@pytest.mark.slow
+def test_sigterm_during_start_up_and_a_stall_without_one(m3x100, tmp_path):
+    """SIGTERM while the manifest is read (start-up, before any step): exit 143, nothing left;
+    left alone, the same stall ends within the read deadline with one error line."""
+    with stalling_http_server(m3x100.parent, ["manifest.json"]) as url:
+        proc = trainer(url, tmp_path, "data.read_stall_s=600")
+        wait_until(lambda: proc.poll() is not None or any(p.isdigit() and _is_our_curl(int(p)) for p in os.listdir("/proc")),
+                   120, "no manifest read")
+        time.sleep(2)
+        rc, out = stop(proc, tmp_path)
+        assert rc == 143 and "Traceback" not in out, out[-3000:]
+        assert not (tmp_path / "run" / LOCK_FILE).exists()
+
+        (tmp_path / "second").mkdir()
+        proc = trainer(url, tmp_path / "second", "data.read_stall_s=2", "data.read_retries=0")
+        proc.wait(timeout=120)
+        out = (tmp_path / "second/log.txt").read_text()
+    assert proc.returncode == 2, out[-3000:]
+    errors = [line for line in out.splitlines() if line.startswith("error:")]
+    assert errors == [f"error: no manifest.json at {url}/d (curl exit 28: stalled: less than "
+                      "data.read_min_bytes_per_s=1024 B/s for data.read_stall_s=2 s): list the shards instead "
+                      f"({url}/d/train-{{000000..000009}}.tar) or write one with `python -m data_prep index "
+                      "<shard urls> --out <folder>`"], out[-3000:]
