@@ -9,26 +9,11 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from vitssl.data.options import DataConfig
+
 
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)  # optim.lr=.inf is a typo, not a value
-
-
-class DataConfig(Section):
-    shards: str = "data/mnist012"
-    split: str = "train"
-    eval_split: str = "test"
-    image_size: int = Field(28, gt=0)
-    channels: int = Field(1, gt=0)
-    batch_size: int = Field(64, gt=0, description="per process")
-    num_workers: int = Field(0, ge=0)
-    shuffle: bool = True
-    shuffle_buffer: int = Field(1000, ge=0)
-    check_sha: bool = True
-    cache_mb: int = Field(512, ge=0, description="decoded training images of local shards kept in memory "
-                          "across epochs, per process, up to this many MiB; 0 = read and decode every epoch")
-    streams: int | None = Field(None, ge=1, description="the epoch's canonical partition (divides the global "
-                                "batch; keep it fixed to resume on another world size); None: automatic")
 
 
 class ModelConfig(Section):

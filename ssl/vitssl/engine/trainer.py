@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 
 from vitssl.engine.builders import cast_float_buffers, gathered_parameters, model_dtype, to_model_input
 from vitssl.engine.checkpoint import Checkpointer, load_checkpoint
+from vitssl.engine.feed import DeviceFeed
 from vitssl.engine.lifetime import stop_watching_parent
 from vitssl.engine.plan import TrainingPlan, set_lr
 from vitssl.tracking import MlflowRun
@@ -201,7 +202,7 @@ class Trainer:
                 expected = self.plan.batches_per_epoch - done_in_epoch * sch.grad_accum  # the loader's
                 seen = 0
                 self.model.train()
-                for batch in self.plan.make_loader(st.epoch, done_in_epoch):
+                for batch in DeviceFeed(self.plan.make_loader(st.epoch, done_in_epoch), acc.device, self.input_dtype):
                     seen += 1
                     if seen > expected:
                         raise LoaderMismatchError(
@@ -211,7 +212,6 @@ class Trainer:
                         continue  # the remainder of an epoch that does not fill an accumulation step
                     if (seen - 1) % sch.grad_accum == 0:  # before any backward: DeepSpeed steps inside it
                         set_lr(self.optimizer, sch.lr(st.step))
-                    batch = to_model_input(batch, acc.device, self.input_dtype)
                     with acc.accumulate(self.model):
                         loss, metrics = self.model(batch)
                         acc.backward(loss)
