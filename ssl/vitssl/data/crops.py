@@ -101,7 +101,7 @@ class Cropper:
             mode = "RGB" if self.rgb else "L"
             im.draft(mode, (math.ceil(width / reduce), math.ceil(height / reduce)))
             sx, sy = im.size[0] / width, im.size[1] / height
-            pixels = np.asarray(im.convert(mode))
+            pixels = np.array(im.convert(mode))  # writable, as torch wants
         image = torch.from_numpy(pixels.reshape(*pixels.shape[:2], -1)).permute(2, 0, 1)
         top, left = min(int(top * sy), image.shape[1] - 1), min(int(left * sx), image.shape[2] - 1)
         scaled = (top, left, max(1, min(round(h * sy), image.shape[1] - top)),
