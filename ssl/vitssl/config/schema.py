@@ -72,6 +72,7 @@ class RunConfig(Section):
         None, description="None: take accelerate's setting (--mixed_precision / config file), default no")
     grad_accum: int = Field(1, ge=1)
     grad_clip: float | None = Field(1.0, gt=0)
+    compile: bool = Field(False, description="torch.compile the model (through accelerate's dynamo backend)")
     seed: int = 0
     checkpoint_every: int = Field(0, ge=0, description="optimizer steps between checkpoints; 0 = each epoch end")
     keep_checkpoints: int = Field(2, ge=1)
