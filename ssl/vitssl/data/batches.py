@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Iterator
 
+import numpy as np
 import torch
 from torch.utils.data._utils.collate import default_collate
 
@@ -45,6 +46,23 @@ def batch_parts(samples: Iterator[tuple[int, dict]], batch_size: int) -> Iterato
         yield current, _compact(slots), collate(held)
 
 
+def inline_small(part: Part) -> Part:
+    """Small tensors of a part (labels, indices, mask noise) as numpy arrays: pickled inline with the part,
+    where each tensor would cost the receiver a socket round trip to fetch its shared-memory handle."""
+    batch, slots, stacked = part
+    if slots is None:
+        return part
+    return batch, slots, {k: v.numpy() if torch.is_tensor(v) and v.numel() <= SMALL and v.dtype != torch.bfloat16
+                          else v for k, v in stacked.items()}
+
+
+def tensors(stacked: dict) -> dict:
+    return {k: torch.from_numpy(v) if isinstance(v, np.ndarray) else v for k, v in stacked.items()}
+
+
+SMALL = 1 << 16  # elements: below this, pickling the values costs less than sharing the memory
+
+
 def _compact(slots: list[int]) -> Slots:
     return range(slots[0], slots[-1] + 1) if slots[-1] - slots[0] + 1 == len(slots) else slots
 
@@ -58,7 +76,7 @@ def assemble(parts: Iterator[Part], first: int, stop: int, batch_size: int, pin:
     for batch, slots, stacked in parts:
         if slots is None:  # a worker's DataError
             raise DataError(stacked)
-        pending.setdefault(batch, []).append((slots, stacked))
+        pending.setdefault(batch, []).append((slots, tensors(stacked)))
         filled[batch] = filled.get(batch, 0) + len(slots)
         while filled.get(expected) == batch_size:
             del filled[expected]

@@ -21,7 +21,7 @@ from typing import Iterator
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from vitssl.data.batches import Part, assemble, batch_parts, collate
+from vitssl.data.batches import Part, assemble, batch_parts, collate, inline_small
 from vitssl.data.epoch_plan import EpochPlan
 from vitssl.data.manifest import DataError
 from vitssl.data.options import DataConfig
@@ -139,7 +139,8 @@ class _RankParts(IterableDataset):
     def __iter__(self) -> Iterator[Part]:
         info = get_worker_info()
         try:
-            yield from batch_parts(self._samples(info.id if info is not None else 0), self.batch_size)
+            parts = batch_parts(self._samples(info.id if info is not None else 0), self.batch_size)
+            yield from parts if info is None else map(inline_small, parts)
         except DataError as err:
             if info is None:
                 raise
