@@ -158,6 +158,7 @@ def main() -> None:
     parser.add_argument("--photo-batch-size", type=int, default=64)
     parser.add_argument("--sizes", type=int, nargs="+", default=[28, 64, 224])
     parser.add_argument("--json", action="store_true", help="only the photo cases, one JSON object per case")
+    parser.add_argument("--photos-only", action="store_true", help="only the photo cases, as a markdown table")
     parser.add_argument("--no-write", action="store_true", help="print only, leave BENCHMARKS.md alone")
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -166,6 +167,8 @@ def main() -> None:
         for row in photos_section(args):
             print(json.dumps(row | {"load_1min_at_start": load}))
         return
+    if args.photos_only:
+        return report_photos(args, load)
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         run(["mnist", "--out", str(root / "mnist"), "--digits", "0-9", "--train-per-class", "400",
@@ -188,17 +191,21 @@ def main() -> None:
         f"WebDataset pipeline decodes with PIL and does no exact-once split, no seeding, no shuffling.", "",
         *table, "",
     ])
+    print(text)
+    if not args.no_write:
+        write_section("Loader throughput", text)
+    report_photos(args, load)
+
+
+def report_photos(args, load: float) -> None:
     rows = photos_section(args)
+    for row in rows:
+        print(json.dumps(row | {"load_1min_at_start": load}))
     photos = "\n".join([
         f"1-min load {load:.1f} at start, torch {torch.__version__}, {machine()}. {args.photos} photo JPEGs of "
         f"500x375 ({rows[0]['jpeg_kb']:.0f} KB on average), RandomResizedCrop(scale 0.2-1, bicubic) + flip on read, "
         f"batch {args.photo_batch_size}, median of {args.rounds} epochs; see benchmarks/loader_photos.py for "
         f"what each column measures.", "", *photo_table(rows), ""])
-    print(text + "\n" + photos)
+    print(photos)
     if not args.no_write:
-        write_section("Loader throughput", text)
         write_section("Reader at ImageNet sizes", photos)
-
-
-if __name__ == "__main__":
-    main()
