@@ -29,8 +29,9 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from vitssl.config import PretrainConfig, load_config
-from vitssl.data import make_train_loader
+from vitssl.data import TrainLoader
 from vitssl.engine import flops
+from vitssl.engine.feed import DeviceFeed
 from vitssl.engine.flops import FORMULA
 from vitssl.objectives import build_objective
 
@@ -127,13 +128,16 @@ def mnist_shards(out: Path) -> Path:
     return out
 
 
-def shard_batches(cfg: PretrainConfig, transform, accelerator, workers: int):
-    """Endless training batches from the shards, epoch after epoch (a fresh loader each, as in training)."""
+def shard_batches(cfg: PretrainConfig, transform, accelerator, workers: int, dtype: torch.dtype):
+    """Endless training batches from the shards, epoch after epoch (a fresh loader each), as the trainer
+    gets them: uint8 in pinned memory, copied one batch ahead and made float on the device."""
+    data = cfg.data.model_copy(update={"num_workers": workers, "check_sha": False})
     epoch = 0
     while True:
-        yield from make_train_loader(cfg.data.shards, "train", batch_size=cfg.data.batch_size,
-                                     rank=accelerator.process_index, world_size=accelerator.num_processes,
-                                     num_workers=workers, seed=0, epoch=epoch, transform=transform, check_sha=False)
+        loader = TrainLoader(data, rank=accelerator.process_index, world_size=accelerator.num_processes,
+                             epoch=epoch, transform=transform, float_pixels=False,
+                             pin_memory=accelerator.device.type == "cuda")
+        yield from DeviceFeed(loader, accelerator.device, dtype)
         epoch += 1
 
 
@@ -167,7 +171,7 @@ def run_case(case: Case, data: str, compiled: bool, args, shard_dir: Path) -> di
     model, optimizer = accelerator.prepare(model, optimizer)
     dtype = model_dtype(model)  # bf16 under DeepSpeed, which casts the model instead of autocasting
     cast_float_buffers(model, dtype)  # as the trainer does
-    batches = (shard_batches(cfg, objective.sample_transform(), accelerator, args.workers) if data == "shards"
+    batches = (shard_batches(cfg, objective.sample_transform(), accelerator, args.workers, dtype) if data == "shards"
                else synthetic_batches(cfg, n_patches, accelerator.device))
 
     def step():
