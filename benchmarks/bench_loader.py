@@ -209,3 +209,7 @@ def report_photos(args, load: float) -> None:
     print(photos)
     if not args.no_write:
         write_section("Reader at ImageNet sizes", photos)
+
+
+if __name__ == "__main__":
+    main()

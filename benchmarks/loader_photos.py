@@ -11,7 +11,7 @@ Photo-like JPEGs of 500x375 (random crops of scikit-learn's sample photographs, 
   a fresh loader and workers per epoch. ``main_cpu_ms_per_sample``: this process's CPU time
   (getrusage(RUSAGE_SELF); the workers are other processes) from the first batch to the last, over
   those samples; ``epoch_start_main_cpu_ms``: its CPU time until the first batch (the plan, the shard
-  index, forking the workers: once per epoch);
+  index, forking the workers: once per epoch; joining them at the end is not counted either);
   ``worker_cpu_ms_per_sample``: the workers' (RUSAGE_CHILDREN once they are joined);
   ``vs_2x_one_thread``: images/s over twice the one-thread decode+crop rate (wall, so a loaded machine
   lowers it); ``cpu_efficiency``: one-thread decode+crop CPU per sample over the workers' CPU per
@@ -62,12 +62,14 @@ def one_thread(shards: Path, size: int, reduced: bool, limit: int) -> dict:
 
 def loader_epoch(shards: Path, size: int, batch_size: int, workers: int, epoch: int) -> dict:
     start0, kids0, w0 = cpu_s(resource.RUSAGE_SELF), cpu_s(resource.RUSAGE_CHILDREN), time.perf_counter()
-    batches = iter(TrainLoader(data_config(shards, size, batch_size, workers), epoch=epoch, float_pixels=False))
+    loader = TrainLoader(data_config(shards, size, batch_size, workers), epoch=epoch, float_pixels=False)
+    batches = iter(loader)
     first = len(next(batches)["index"])
-    main0 = cpu_s(resource.RUSAGE_SELF)  # from the first batch on: the per-batch work, not the epoch's start
-    rest = sum(len(batch["index"]) for batch in batches)
-    main, wall = cpu_s(resource.RUSAGE_SELF) - main0, time.perf_counter() - w0
-    kids = cpu_s(resource.RUSAGE_CHILDREN) - kids0
+    main0 = cpu_s(resource.RUSAGE_SELF)  # from the first batch to the last: the per-batch work
+    rest = sum(len(next(batches)["index"]) for _ in range(len(loader) - 1))
+    main = cpu_s(resource.RUSAGE_SELF) - main0
+    assert next(batches, None) is None  # ends the epoch: the workers exit and are joined
+    wall, kids = time.perf_counter() - w0, cpu_s(resource.RUSAGE_CHILDREN) - kids0
     n = first + rest
     return {"images_per_s": n / wall, "main_cpu_ms_per_sample": 1e3 * main / rest,
             "epoch_start_main_cpu_ms": 1e3 * (main0 - start0),

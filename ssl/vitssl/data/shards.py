@@ -16,7 +16,7 @@ import heapq
 import itertools
 import os
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
@@ -95,12 +95,15 @@ def _stream_inputs(plan: EpochPlan, c: int, wanted: set[int], verify: bool,
         base += stop - first
 
 
-def _stream_samples(plan: EpochPlan, c: int, piece: range, first_step: int,
-                    verify: bool, decoded: dict[int, list]) -> Iterator[tuple[int, dict]]:
+def _stream_samples(plan: EpochPlan, c: int, piece: range, first_step: int, verify: bool,
+                    decoded: dict[int, list], keep: Callable[[int], bool] | None = None
+                    ) -> Iterator[tuple[int, dict]]:
     """``(global position, raw sample)`` at places ``piece`` of stream ``c`` in global batches
-    ``first_step..``, in increasing position. Holds at most the shuffle buffer's worth of samples."""
+    ``first_step..`` (those whose position ``keep`` accepts), in increasing position. Holds at most the
+    shuffle buffer's worth of samples."""
     m, order = plan.per_stream, plan.stream_order(c)
-    outs = [k * m + j for k in range(first_step, plan.steps) for j in piece]
+    outs = [k * m + j for k in range(first_step, plan.steps) for j in piece
+            if keep is None or keep(k * plan.global_batch + c * m + j)]
     inputs = _stream_inputs(plan, c, {order[o] for o in outs}, verify, decoded)
     held: dict[int, dict] = {}
     for o in outs:
@@ -116,25 +119,39 @@ def _stream_samples(plan: EpochPlan, c: int, piece: range, first_step: int,
 
 class _RankParts(IterableDataset):
     """What one rank's DataLoader workers produce: one stacked part per micro-batch they contribute to
-    (``vitssl.data.batches``). A worker reads a contiguous group of the rank's streams, so its samples
-    of a batch take contiguous slots, and with grad_accum >= workers it often makes whole batches."""
+    (``vitssl.data.batches``).
+
+    Local shards: worker w makes the whole micro-batches b with b % workers == w, reading every stream
+    of the rank and seeking over the samples of the other workers' batches; the main process then has
+    nothing to put together. Remote shards are read once, so each worker reads a contiguous group of
+    the rank's streams instead, and a batch arrives in parts, one per worker, each in contiguous slots."""
 
     def __init__(self, plan: EpochPlan, places: range, first_step: int, batch_size: int, workers: int,
                  make: SampleMaker, verify: bool, decoded: dict[int, list]):
         self.plan, self.places, self.first_step, self.batch_size = plan, places, first_step, batch_size
-        self.make, self.verify, self.decoded = make, verify, decoded
+        self.make, self.verify, self.decoded, self.workers = make, verify, decoded, workers
         pieces = [(c, plan.stream_places(c, places)) for c in range(plan.streams)]
-        pieces = [(c, piece) for c, piece in pieces if len(piece)]
-        self.groups = [pieces[w * len(pieces) // workers:(w + 1) * len(pieces) // workers] for w in range(workers)]
+        self.pieces = [(c, piece) for c, piece in pieces if len(piece)]
+        self.whole_batches = workers > 1 and all(s.local for s in plan.shards)
+
+    def _place(self, position: int) -> int:
+        k, q = divmod(position, self.plan.global_batch)
+        return k * len(self.places) + q - self.places.start
+
+    def _streams(self, worker: int) -> list[Iterator[tuple[int, dict]]]:
+        plan, n, w = self.plan, len(self.pieces), self.workers
+        if not self.whole_batches:
+            return [_stream_samples(plan, c, piece, self.first_step, self.verify, self.decoded)
+                    for c, piece in self.pieces[worker * n // w:(worker + 1) * n // w]]
+        mine = lambda position: self._place(position) // self.batch_size % w == worker  # noqa: E731
+        return [_stream_samples(plan, c, piece, self.first_step, self.verify, self.decoded, mine)
+                for c, piece in self.pieces]
 
     def _samples(self, worker: int) -> Iterator[tuple[int, dict]]:
-        """(place in this rank's epoch sequence, sample) for this worker's streams, in increasing place."""
-        plan, share = self.plan, len(self.places)
-        streams = [_stream_samples(plan, c, piece, self.first_step, self.verify, self.decoded)
-                   for c, piece in self.groups[worker]]
+        """(place in this rank's epoch sequence, sample) for this worker, in increasing place."""
+        streams = self._streams(worker)
         for position, raw in heapq.merge(*streams, key=lambda item: item[0]):
-            k, q = divmod(position, plan.global_batch)
-            yield k * share + q - self.places.start, self.make(raw)
+            yield self._place(position), self.make(raw)
 
     def __iter__(self) -> Iterator[Part]:
         info = get_worker_info()
