@@ -80,3 +80,12 @@ def test_crop_boxes():
         assert 0 <= top and top + ch <= h and 0 <= left and left + cw <= w and ch > 0 and cw > 0
     assert center_box(375, 500, 224, 0.875) == (23, 86, 328, 328)  # 87.5% of the shorter side, centred
     assert random_resized_box(10, 1000, (0.9, 1.0), (3 / 4, 4 / 3), rng)[2:] == (10, 13)  # fallback: ratio clamp
+
+
+def test_a_bad_crop_setting_is_one_error_naming_the_key():
+    from vitssl.config import ConfigError, PretrainConfig, load_config
+
+    with pytest.raises(ConfigError, match=r"data.crop_scale: must satisfy 0 < low <= high <= 1"):
+        load_config(PretrainConfig, None, ["data.crop_scale=[0.5,0.2]"])
+    with pytest.raises(ConfigError, match="data.crop: Input should be 'none', 'random_resized' or 'center'"):
+        load_config(PretrainConfig, None, ["data.crop=random"])

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 
 class DataConfig(BaseModel):
@@ -41,11 +41,16 @@ class DataConfig(BaseModel):
     reduced_decode: bool = Field(True, description="decode a JPEG at 1/2, 1/4 or 1/8 scale (DCT scaling) when "
                                  "its crop is at least twice image_size")
 
-    @model_validator(mode="after")
-    def _ranges(self) -> DataConfig:
-        lo, hi = self.crop_scale
-        if not 0 < lo <= hi <= 1:
-            raise ValueError(f"data.crop_scale must satisfy 0 < low <= high <= 1, got {self.crop_scale}")
-        if not 0 < self.crop_ratio[0] <= self.crop_ratio[1]:
-            raise ValueError(f"data.crop_ratio must satisfy 0 < low <= high, got {self.crop_ratio}")
-        return self
+    @field_validator("crop_scale")
+    @classmethod
+    def _scale(cls, scale: tuple[float, float]) -> tuple[float, float]:
+        if not 0 < scale[0] <= scale[1] <= 1:
+            raise ValueError(f"must satisfy 0 < low <= high <= 1, got {scale}")
+        return scale
+
+    @field_validator("crop_ratio")
+    @classmethod
+    def _ratio(cls, ratio: tuple[float, float]) -> tuple[float, float]:
+        if not 0 < ratio[0] <= ratio[1]:
+            raise ValueError(f"must satisfy 0 < low <= high, got {ratio}")
+        return ratio
