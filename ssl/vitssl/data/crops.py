@@ -3,9 +3,9 @@
 Training: RandomResizedCrop (Szegedy et al. 2015, as torchvision and timm draw it) + horizontal flip;
 evaluation: resize the shorter side to ``image_size / crop_pct``, centre crop (timm's ``crop_pct``).
 The geometry is drawn from a ``random.Random`` seeded per sample, so it is the same on every rank
-and worker, and fixed before decoding: a JPEG whose crop is at least ``REDUCE_FROM`` times the output
-is decoded at 1/4 or 1/8 scale by libjpeg's DCT scaling (Pillow's ``Image.draft``), which skips most
-of the inverse DCT and the colour conversion of pixels the resize would throw away.
+and worker, and fixed before decoding: with ``data.reduced_decode``, a JPEG whose crop is at least
+``REDUCE_FROM`` times the output is decoded at 1/4 or 1/8 scale by libjpeg's DCT scaling (Pillow's
+``Image.draft``), which skips most of the inverse DCT and the colour conversion.
 """
 from __future__ import annotations
 
@@ -24,8 +24,8 @@ from vitssl.data.options import DataConfig
 
 Box = tuple[int, int, int, int]  # top, left, height, width in the full-size image
 # Decode reduced only from 4x: Huffman decoding is not scaled, and through Pillow a 1/2-scale decode of a
-# 100 KB 500x375 photo costs more CPU than torchvision's full-size one (BENCHMARKS.md, "Reader at
-# ImageNet sizes"); from 1/4 it is cheaper.
+# 100 KB 500x375 photo costs more CPU than torchvision's full-size one; even from 4x it saves little
+# (BENCHMARKS.md, "Reader at ImageNet sizes"), hence data.reduced_decode is off by default.
 REDUCE_FROM = 4
 
 
