@@ -6,8 +6,10 @@ Photo-like JPEGs of 500x375 (random crops of scikit-learn's sample photographs, 
 224 px, as MAE pretraining reads them. Per output size:
 
 - ``decode+crop, 1 thread``: SampleMaker on the raw samples in this process, CPU time per sample
-  (reduced-scale JPEG decode on, and off as its own case): the work a worker must do per sample;
-- ``TrainLoader, 2 workers``: one epoch as the trainer gets it (uint8 batches, no float conversion),
+  (full decode, the default, and reduced-scale JPEG decode as its own case): the work a worker must
+  do per sample;
+- ``TrainLoader, 2 workers``: one epoch as the trainer gets it (uint8 batches, no float conversion,
+  full decode),
   a fresh loader and workers per epoch. ``main_cpu_ms_per_sample``: this process's CPU time
   (getrusage(RUSAGE_SELF); the workers are other processes) from the first batch to the last, over
   those samples; ``epoch_start_main_cpu_ms``: its CPU time until the first batch (the plan, the shard
@@ -41,7 +43,7 @@ def write_photos(out: Path, count: int) -> Path:
     return write_photo_shards(out, {"train": count}, [(500, 375)], classes=10, quality=98, shard_max_count=256)
 
 
-def data_config(shards: Path, size: int, batch_size: int, workers: int, reduced: bool = True) -> DataConfig:
+def data_config(shards: Path, size: int, batch_size: int, workers: int, reduced: bool = False) -> DataConfig:
     return DataConfig(shards=str(shards), image_size=size, channels=3, batch_size=batch_size, num_workers=workers,
                       crop="random_resized", crop_scale=(0.2, 1.0), interpolation="bicubic", cache_mb=0,
                       reduced_decode=reduced, check_sha=False)
@@ -92,8 +94,8 @@ def photo_cases(shards: Path, sizes: list[int], batch_size: int, workers: int, r
                      "images_per_s": full["images_per_s"], "main_cpu_ms_per_sample": full["cpu_ms_per_sample"]})
         rows.append({"case": f"TrainLoader, {workers} workers", "image_size": size, "workers": workers,
                      "batch_size": batch_size, **loader,
-                     "vs_2x_one_thread": loader["images_per_s"] / (workers * thread["images_per_s"]),
-                     "cpu_efficiency": thread["cpu_ms_per_sample"] / loader["worker_cpu_ms_per_sample"]})
+                     "vs_2x_one_thread": loader["images_per_s"] / (workers * full["images_per_s"]),
+                     "cpu_efficiency": full["cpu_ms_per_sample"] / loader["worker_cpu_ms_per_sample"]})
     return rows
 
 
