@@ -29,16 +29,15 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from vitssl.config import PretrainConfig, load_config
-from vitssl.data import make_train_loader
-from vitssl.models.masking import num_visible
+from vitssl.data import TrainLoader
+from vitssl.engine import flops
+from vitssl.engine.batches import DeviceFeed
+from vitssl.engine.flops import FORMULA
 from vitssl.objectives import build_objective
 
 from common import write_section
 
 ROOT = Path(__file__).resolve().parents[1]
-# Peak dense bf16 tensor-core FLOP/s by device name (substring match, first hit wins).
-PEAK_BF16 = {"H100 SXM": 989e12, "H100 80GB HBM3": 989e12, "H200": 989e12, "H100 PCIe": 756e12,
-             "H100": 989e12, "A100": 312e12, "L40S": 362e12, "V100": 125e12}
 ANCHORS = ("anchors: He et al. MAE ViT-L ~ 106 img/s per V100; H100 SXM bf16 dense peak 989 TFLOP/s; "
            "goal on an H100: ViT-B MAE >= 45% MFU")
 VITS = {"vit_ti": (192, 12, 3), "vit_s": (384, 12, 6), "vit_b": (768, 12, 12)}  # width, depth, heads
@@ -81,18 +80,8 @@ def pretrain_config(c: Case, shards: str, batch: int) -> PretrainConfig:
         "optim": {"lr": 1e-4}, "run": {"precision": "bf16", "grad_clip": None}})
 
 
-FORMULA = ("per image, forward, 2 FLOPs a multiply-add, MLP ratio 4: N = (image/patch)^2 patches, "
-           "K = visible = int(N (1 - ratio)), P = patch^2 x channels;\n"
-           "  patch embed 2 N P d  +  encoder L (24 n d^2 + 4 n^2 d), n = K + 1  +  decoder embed 2 K d d'\n"
-           "  + decoder L' (24 N d'^2 + 4 N^2 d')  +  pixel head 2 N d' P;  training = 3 x forward")
-
-
 def mae_forward_flops(c: Case) -> float:
-    n_patches = (c.image // c.patch) ** 2
-    keep, p = num_visible(n_patches, c.ratio), c.patch ** 2 * c.channels
-    n, d, dd = keep + 1, c.width, c.dec_width
-    return (2 * n_patches * p * d + c.depth * (24 * n * d * d + 4 * n * n * d) + 2 * keep * d * dd
-            + c.dec_depth * (24 * n_patches * dd * dd + 4 * n_patches * n_patches * dd) + 2 * n_patches * dd * p)
+    return flops.mae_forward_flops(c.image, c.channels, c.patch, c.width, c.depth, c.dec_width, c.dec_depth, c.ratio)
 
 
 def peak_flops(device: torch.device, override: float | None) -> tuple[float | None, str]:
@@ -100,11 +89,8 @@ def peak_flops(device: torch.device, override: float | None) -> tuple[float | No
         return override * 1e12, f"{override:g} TFLOP/s (--peak-tflops)"
     if device.type != "cuda":
         return None, "unknown for CPUs (give --peak-tflops)"
-    name = torch.cuda.get_device_name(device)
-    for key, peak in PEAK_BF16.items():
-        if key in name:
-            return peak, f"{peak / 1e12:g} TFLOP/s bf16 dense ({name})"
-    return None, f"unknown for {name} (give --peak-tflops)"
+    name, peak = torch.cuda.get_device_name(device), flops.peak_flops(device)
+    return peak, (f"{peak / 1e12:g} TFLOP/s bf16 dense ({name})" if peak else f"unknown for {name} (give --peak-tflops)")
 
 
 # ---------------------------------------------------------------- data
@@ -142,13 +128,16 @@ def mnist_shards(out: Path) -> Path:
     return out
 
 
-def shard_batches(cfg: PretrainConfig, transform, accelerator, workers: int):
-    """Endless training batches from the shards, epoch after epoch (a fresh loader each, as in training)."""
+def shard_batches(cfg: PretrainConfig, transform, accelerator, workers: int, dtype: torch.dtype):
+    """Endless training batches from the shards, epoch after epoch (a fresh loader each), as the trainer
+    gets them: uint8 in pinned memory, copied one batch ahead and made float on the device."""
+    data = cfg.data.model_copy(update={"num_workers": workers, "check_sha": False})
     epoch = 0
     while True:
-        yield from make_train_loader(cfg.data.shards, "train", batch_size=cfg.data.batch_size,
-                                     rank=accelerator.process_index, world_size=accelerator.num_processes,
-                                     num_workers=workers, seed=0, epoch=epoch, transform=transform, check_sha=False)
+        loader = TrainLoader(data, rank=accelerator.process_index, world_size=accelerator.num_processes,
+                             epoch=epoch, transform=transform, float_pixels=False,
+                             pin_memory=accelerator.device.type == "cuda")
+        yield from DeviceFeed(loader, accelerator.device, dtype)
         epoch += 1
 
 
@@ -179,7 +168,7 @@ def run_case(case: Case, data: str, compiled: bool, args, shard_dir: Path) -> di
     model, optimizer = accelerator.prepare(model, optimizer)
     dtype = model_dtype(model)  # bf16 under DeepSpeed, which casts the model instead of autocasting
     cast_float_buffers(model, dtype)  # as the trainer does
-    batches = (shard_batches(cfg, objective.sample_transform(), accelerator, args.workers) if data == "shards"
+    batches = (shard_batches(cfg, objective.sample_transform(), accelerator, args.workers, dtype) if data == "shards"
                else synthetic_batches(cfg, n_patches, accelerator.device))
 
     def step():

@@ -1,6 +1,8 @@
-"""Training-loader throughput (images/s): local folder vs HTTP on 127.0.0.1 vs a plain webdataset pipeline.
+"""Training-loader throughput (images/s): local folder vs HTTP on 127.0.0.1 vs a plain webdataset pipeline,
+and the reader on ImageNet-size photos (main-process CPU per sample, 2 workers vs the CPU limit).
 
     python benchmarks/bench_loader.py [--rounds 3] [--batch-size 256] [--no-write]
+    python benchmarks/bench_loader.py --json [--photos 1024] [--sizes 28 64 224]   # photo cases, JSON lines
 
 Two datasets, each written by data_prep's writer into a temp dir: the 5,000 embedded MNIST digits
 (4,000 train PNGs, 28x28x1, shards of 1,000) and a Tiny-ImageNet-sized stand-in (4,000 train JPEGs,
@@ -14,13 +16,15 @@ and workers per epoch as in training):
 - a plain ``webdataset.WebDataset(urls).decode("torchrgb")`` pipeline (no exact-once plan, no seeding);
 - bytes the HTTP server sent for one epoch of 2 ranks x 2 workers, over the dataset's bytes.
 
-Prints a markdown table and replaces the "## Loader throughput" section of BENCHMARKS.md.
+Prints markdown tables and replaces the "## Loader throughput" and "## Reader at ImageNet sizes"
+sections of BENCHMARKS.md. The photo cases are described in ``loader_photos``.
 """
 
 from __future__ import annotations
 
 import argparse
 import io
+import json
 import os
 import tempfile
 import threading
@@ -32,6 +36,7 @@ from unittest import mock
 import numpy as np
 import torch
 import webdataset as wds
+from loader_photos import photo_cases, photo_table, write_photos
 from PIL import Image
 
 from data_prep.cli import run
@@ -135,14 +140,35 @@ def bench(name: str, folder: Path, base_url: str, args) -> list[str]:
     return rows
 
 
+def photos_section(args) -> list[dict]:
+    with tempfile.TemporaryDirectory() as tmp:
+        shards = write_photos(Path(tmp) / "photos", args.photos)
+        size_kb = sum(s.bytes for s in split_shards(shards, "train")) / args.photos / 1e3
+        rows = photo_cases(shards, args.sizes, args.photo_batch_size, 2, args.rounds)
+    for row in rows:
+        row["jpeg_kb"] = round(size_kb, 1)
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--photos", type=int, default=1024, help="500x375 photo JPEGs for the ImageNet-size cases")
+    parser.add_argument("--photo-batch-size", type=int, default=64)
+    parser.add_argument("--sizes", type=int, nargs="+", default=[28, 64, 224])
+    parser.add_argument("--json", action="store_true", help="only the photo cases, one JSON object per case")
+    parser.add_argument("--photos-only", action="store_true", help="only the photo cases, as a markdown table")
     parser.add_argument("--no-write", action="store_true", help="print only, leave BENCHMARKS.md alone")
     args = parser.parse_args()
+    torch.set_num_threads(1)
     load = os.getloadavg()[0]  # other jobs on the machine skew every number: record it
-
+    if args.json:
+        for row in photos_section(args):
+            print(json.dumps(row | {"load_1min_at_start": load}))
+        return
+    if args.photos_only:
+        return report_photos(args, load)
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         run(["mnist", "--out", str(root / "mnist"), "--digits", "0-9", "--train-per-class", "400",
@@ -168,6 +194,22 @@ def main() -> None:
     print(text)
     if not args.no_write:
         write_section("Loader throughput", text)
+    report_photos(args, load)
+
+
+def report_photos(args, load: float) -> None:
+    rows = photos_section(args)
+    for row in rows:
+        print(json.dumps(row | {"load_1min_at_start": load}))
+    photos = "\n".join([
+        "Command: `python benchmarks/bench_loader.py --photos-only` (`--json`: the same cases as JSON lines).", "",
+        f"1-min load {load:.1f} at start, torch {torch.__version__}, {machine()}. {args.photos} photo JPEGs of "
+        f"500x375 ({rows[0]['jpeg_kb']:.0f} KB on average), RandomResizedCrop(scale 0.2-1, bicubic) + flip on read, "
+        f"batch {args.photo_batch_size}, median of {args.rounds} epochs; see benchmarks/loader_photos.py for "
+        f"what each column measures.", "", *photo_table(rows), ""])
+    print(photos)
+    if not args.no_write:
+        write_section("Reader at ImageNet sizes", photos)
 
 
 if __name__ == "__main__":

@@ -1,12 +1,13 @@
-"""Where a training sample's CPU time goes on its way from a shard to a batch, per image size.
+"""What a per-sample loader pipeline costs the main process, per image size: the design the reader avoids.
 
     python benchmarks/bench_loader_stages.py [--reps 200] [--no-write]
 
-With DataLoader workers, make_train_loader's workers decode each sample and pickle chunks of 32
-samples (numpy arrays) into a pipe; the main process, which also drives the training step, unpickles
-them, reorders them and collates batches. This script times each stage on one thread, in-process,
-for the sample types of the project's datasets, and the same main-process stages for a uint8 image
-(what the decoder yields, 4x fewer bytes than the float32 the workers send today):
+A per-sample pipeline has its workers decode each sample and pickle chunks of 32 samples (numpy
+arrays) into a pipe; the main process, which also drives the training step, unpickles them,
+reorders them and collates batches. This script times each stage on one thread, in-process, for the
+sample types of the project's datasets, and the same main-process stages for a uint8 image (what
+the decoder yields, 4x fewer bytes than float32). The reader now stacks batches in the workers
+(``vitssl.data.batches``; its main-process cost is in bench_loader.py's photo cases):
 
 - decode: `decode_sample` (image decode + float32 in [0, 1]), in a worker;
 - pickle: a 32-sample chunk through `pickle.dumps` (protocol 5), per sample, in a worker;
@@ -33,11 +34,16 @@ import torch
 from PIL import Image
 from torch.utils.data import default_collate
 
-from vitssl.data.shards import _to_numpy, decode_sample
+from vitssl.data import decode_sample
 
 from common import write_section
 
 CHUNK, BATCH = 32, 256
+
+
+def _to_numpy(sample: dict) -> dict:
+    # small numpy arrays pickle through a worker queue far faster than tensors (one shm file each)
+    return {k: v.numpy() if isinstance(v, torch.Tensor) else v for k, v in sample.items()}
 
 
 def encoded(kind: str, size: int, rng: np.random.Generator) -> tuple[str, bytes]:
@@ -123,7 +129,7 @@ def main() -> None:
                     f"{r['unpickle+pipe float32']:.3f} | {r['collate float32']:.3f} | **{r['main float32']:.3f}** | "
                     f"{1e3 / r['main float32']:,.0f} | {r['main uint8']:.3f} | {1e3 / r['main uint8']:,.0f} |")
         print(rows[-1], flush=True)
-    body = ("CPU milliseconds per sample, one thread, median of 5 (`float32`: what the workers send today; "
+    body = ("CPU milliseconds per sample, one thread, median of 5 (`float32`: images converted in the workers; "
             "`uint8`: the decoded image before its conversion to float).\n\n" + "\n".join(rows))
     print(body)
     if not args.no_write:

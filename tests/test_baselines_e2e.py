@@ -65,8 +65,8 @@ def test_swin_student_training_does_not_depend_on_labels(mnist012, teacher, tmp_
              f"finetune.teacher={teacher}"]
     true = run_finetune(finetune_config("swin_distill", mnist012, tmp_path / "true", uri, *small))
     wrapped = []
-    real_loader = vitssl.data.make_train_loader  # what the training plan (engine.plan) reads at call time
-    monkeypatch.setattr(vitssl.data, "make_train_loader",
+    real_loader = vitssl.data.TrainLoader  # what the training plan (engine.plan) reads at call time
+    monkeypatch.setattr(vitssl.data, "TrainLoader",
                         lambda *a, **k: wrapped.append(WrongLabels(real_loader(*a, **k))) or wrapped[-1])
     wrong = run_finetune(finetune_config("swin_distill", mnist012, tmp_path / "wrong", uri, *small))
     assert sum(w.batches for w in wrapped) >= 4  # the wrong labels did reach training

@@ -28,6 +28,8 @@ class HeadOptions(Section, AffineOptions):
     randaugment_ops: int = Field(2, ge=1)
     randaugment_magnitude: int = Field(9, ge=0, le=30)
     mixup_alpha: float = Field(0.0, ge=0, description="Mixup of images and labels, lambda ~ Beta(a, a); 0 = off")
+    cutmix_alpha: float = Field(0.0, ge=0, description="CutMix, box area ~ Beta(a, a); with Mixup on, one of the "
+                                "two per batch at even odds; 0 = off")
 
     def head_options(self) -> dict:
         return self.model_dump(include=set(HeadOptions.model_fields))
@@ -81,7 +83,7 @@ class FinetuneConfig(Section):
             raise ValueError(f"finetune.class_names has {len(names)} names for finetune.num_classes "
                              f"{self.finetune.num_classes}")
         ft = self.finetune
-        if ft.teacher != "none" and (ft.mode != "finetune" or ft.mixup_alpha > 0):
+        if ft.teacher != "none" and (ft.mode != "finetune" or ft.mixup_alpha > 0 or ft.cutmix_alpha > 0):
             raise ValueError("finetune.teacher (distillation) needs finetune.mode finetune and no Mixup "
                              f"(got mode {ft.mode}, mixup_alpha {ft.mixup_alpha})")
         if ft.pretrained == "none":

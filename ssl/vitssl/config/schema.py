@@ -18,35 +18,12 @@ from pydantic import (
     model_validator,
 )
 
+from vitssl.data.options import DataConfig
 from vitssl.models import EncoderOptions, ViTOptions, encoder_options
 
 
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)  # optim.lr=.inf is a typo, not a value
-
-
-class DataConfig(Section):
-    shards: str = "data/mnist012"
-    split: str = "train"
-    eval_split: str = "test"
-    image_size: int = Field(28, gt=0)
-    channels: int = Field(1, gt=0)
-    batch_size: int = Field(64, gt=0, description="per process")
-    num_workers: int = Field(0, ge=0)
-    shuffle: bool = True
-    shuffle_buffer: int = Field(1000, ge=0)
-    check_sha: bool = True
-    cache_mb: int = Field(512, ge=0, description="decoded training images of local shards kept in memory "
-                          "across epochs, per process, up to this many MiB; 0 = read and decode every epoch")
-    streams: int | None = Field(None, ge=1, description="the epoch's canonical partition (divides the global "
-                                "batch; keep it fixed to resume on another world size); None: automatic")
-    # bounds of every remote (http/https) read: a stalled server ends in one error line, not a hang
-    read_min_bytes_per_s: int = Field(1024, ge=1, description="a transfer slower than this for read_stall_s "
-                                      "seconds is aborted (and retried)")
-    read_stall_s: int = Field(60, ge=1)
-    read_deadline_s: int = Field(1800, ge=1, description="all attempts at one shard or manifest together")
-    read_retries: int = Field(3, ge=0, description="tries after a transient failure (timeout, broken link, "
-                              "HTTP 408/429/5xx)")
 
 
 # `model:` is the options of the architecture its `arch` names (default vit): each architecture
@@ -76,6 +53,7 @@ class RunConfig(Section):
         None, description="None: take accelerate's setting (--mixed_precision / config file), default no")
     grad_accum: int = Field(1, ge=1)
     grad_clip: float | None = Field(1.0, gt=0)
+    compile: bool = Field(False, description="torch.compile the model (through accelerate's dynamo backend)")
     seed: int = 0
     checkpoint_every: int = Field(0, ge=0, description="optimizer steps between checkpoints; 0 = each epoch end")
     keep_checkpoints: int = Field(2, ge=1)

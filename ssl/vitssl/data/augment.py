@@ -90,6 +90,10 @@ class Chain:
     def __init__(self, *transforms: SampleTransform):
         self.transforms = transforms
 
+    @property
+    def reads_pixels(self) -> bool:
+        return any(getattr(t, "reads_pixels", True) for t in self.transforms)
+
     def __call__(self, sample: dict) -> dict:
         for t in self.transforms:
             sample = t(sample)

@@ -33,7 +33,7 @@ class SplitFacts:
 
 
 def _first_sample(spec: str, split: str) -> dict | None:
-    from vitssl.data.shards import decode_sample
+    from vitssl.data.samples import decode_sample
     from vitssl.data.sources import split_shards
     from vitssl.data.tar_stream import read_shard
 

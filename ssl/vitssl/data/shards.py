@@ -2,16 +2,16 @@
 
 Training: which sample fills which place of the epoch is decided by ``epoch_plan`` from (seed, epoch,
 global batch) alone, not by accelerate (see PITFALLS) and not by the world size or the workers. A rank
-reads the streams its places fall in, its DataLoader workers share those streams, and every sample
-carries its place, so the main process restores the exact order with a small heap whatever order the
-workers deliver in. Per-sample randomness is seeded from (seed, epoch, index) wherever the sample is
-processed, so the batches (and their augmentations) of 2 processes x B equal those of 1 process x 2B,
-and resuming at any optimizer step on any world size continues the same sequence.
+reads the streams its places fall in; its DataLoader workers each take a contiguous group of those
+streams, make their samples (decode, crop, the objective's transform) and stack them into one part
+per micro-batch, which the main process puts side by side (``vitssl.data.batches``). Per-sample
+randomness is seeded from (seed, epoch, index) wherever the sample is processed, so the batches (and
+their augmentations) of 2 processes x B equal those of 1 process x 2B, and resuming at any optimizer
+step on any world size continues the same sequence.
 """
 
 from __future__ import annotations
 
-import hashlib
 import heapq
 import itertools
 import os
@@ -20,45 +20,14 @@ from typing import Callable, Iterator
 
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
-from torch.utils.data._utils.collate import default_collate
-from torchvision.io import ImageReadMode, decode_image
 
+from vitssl.data.batches import Part, assemble, batch_parts, collate, inline_small
 from vitssl.data.epoch_plan import EpochPlan
 from vitssl.data.manifest import DataError
+from vitssl.data.options import DataConfig
+from vitssl.data.samples import SampleMaker, Transform, decode_raw, to_float
 from vitssl.data.sources import Shard, local_path, split_shards
 from vitssl.data.tar_stream import read_shard, sample_offsets
-
-Transform = Callable[[dict], dict]
-IMAGE_EXTS = ("png", "jpg", "jpeg", "webp")
-
-
-# ---------------------------------------------------------------- one sample
-
-
-def _decode_raw(sample: dict) -> tuple[torch.Tensor, int]:
-    """Raw ``{"__key__", "png"|"jpg"|...: bytes[, "cls": bytes]}`` -> (uint8 image (C, H, W), label);
-    label -1 without a .cls (label-free objectives read none; vitssl.data.checks stops the others)."""
-    ext = next((e for e in IMAGE_EXTS if e in sample), None)
-    if ext is None:
-        raise DataError(f"sample {sample.get('__key__')!r} has members {sorted(k for k in sample if k[:2] != '__')}: "
-                        f"expected an image ({', '.join(IMAGE_EXTS)})")
-    # torchvision's decoder is about twice as fast as PIL's on small images. Tiny ImageNet has some
-    # grayscale JPEGs among the colour ones; PNG shards are grayscale throughout.
-    mode = ImageReadMode.UNCHANGED if ext == "png" else ImageReadMode.RGB
-    image = decode_image(torch.frombuffer(bytearray(sample[ext]), dtype=torch.uint8), mode=mode)
-    return image, int(sample["cls"]) if "cls" in sample else -1
-
-
-def decode_sample(sample: dict) -> dict:
-    """A raw sample (or one from the decoded cache) -> ``{"image": (C, H, W) float32 in [0, 1],
-    "label": int64, "index": int64}``. The index is ``__index__`` when the reader set it (the
-    sample's position in its split), else the key's suffix (``<split>-<index>`` in data_prep shards)."""
-    image, label = sample["__decoded__"] if "__decoded__" in sample else _decode_raw(sample)
-    index = sample["__index__"] if "__index__" in sample else int(sample["__key__"].rsplit("-", 1)[1])
-    return {"image": image.to(torch.float32).div_(255),
-            "label": torch.tensor(label, dtype=torch.int64),
-            "index": torch.tensor(index, dtype=torch.int64)}
-
 
 # ---------------------------------------------------------------- decoded-image cache
 
@@ -88,9 +57,9 @@ def decoded_shards(shards: list[Shard], budget_bytes: int) -> dict[int, list[tup
             if held is None:
                 held = sum(_nbytes(image) for images in _DECODED.values() for image, _ in images)
             first = next(read_shard(shard, stop=1, verify=False), None)
-            if first is None or held + shard.count * _nbytes(_decode_raw(first[1])[0]) > budget_bytes:
+            if first is None or held + shard.count * _nbytes(decode_raw(first[1])[0]) > budget_bytes:
                 continue
-            _DECODED[key] = [_decode_raw(raw) for _, raw in read_shard(shard, verify=False)]
+            _DECODED[key] = [decode_raw(raw) for _, raw in read_shard(shard, verify=False)]
             held += sum(_nbytes(image) for image, _ in _DECODED[key])
         found[k] = _DECODED[key]
     return found
@@ -98,27 +67,6 @@ def decoded_shards(shards: list[Shard], budget_bytes: int) -> dict[int, list[tup
 
 def _nbytes(image: torch.Tensor) -> int:
     return image.numel() * image.element_size()
-
-
-def sample_seed(seed: int, epoch: int, index: int) -> int:
-    """Seed of the per-sample RNG: the same wherever (rank, worker) the sample is processed."""
-    digest = hashlib.blake2b(f"{seed}/{epoch}/{index}".encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "little") >> 1
-
-
-def _apply(transform: Transform | None, sample: dict, seed: int, epoch: int) -> dict:
-    if transform is None:
-        return sample
-    with torch.random.fork_rng(devices=[]):
-        # Only the CPU generator: torch.manual_seed also seeds every device backend (15x slower).
-        torch.default_generator.manual_seed(sample_seed(seed, epoch, int(sample["index"])))
-        return transform(sample)
-
-
-def _to_numpy(sample: dict) -> dict:
-    # Small numpy arrays pickle through the worker queue far faster than tensors (one shm file each).
-    return {k: v.numpy() if isinstance(v, torch.Tensor) and v.dtype != torch.bfloat16 else v
-            for k, v in sample.items()}
 
 
 def _identity(x):
@@ -147,12 +95,15 @@ def _stream_inputs(plan: EpochPlan, c: int, wanted: set[int], verify: bool,
         base += stop - first
 
 
-def _stream_samples(plan: EpochPlan, c: int, piece: range, first_step: int,
-                    verify: bool, decoded: dict[int, list]) -> Iterator[tuple[int, dict]]:
+def _stream_samples(plan: EpochPlan, c: int, piece: range, first_step: int, verify: bool,
+                    decoded: dict[int, list], keep: Callable[[int], bool] | None = None
+                    ) -> Iterator[tuple[int, dict]]:
     """``(global position, raw sample)`` at places ``piece`` of stream ``c`` in global batches
-    ``first_step..``, in increasing position. Holds at most the shuffle buffer's worth of samples."""
+    ``first_step..`` (those whose position ``keep`` accepts), in increasing position. Holds at most the
+    shuffle buffer's worth of samples."""
     m, order = plan.per_stream, plan.stream_order(c)
-    outs = [k * m + j for k in range(first_step, plan.steps) for j in piece]
+    outs = [k * m + j for k in range(first_step, plan.steps) for j in piece
+            if keep is None or keep(k * plan.global_batch + c * m + j)]
     inputs = _stream_inputs(plan, c, {order[o] for o in outs}, verify, decoded)
     held: dict[int, dict] = {}
     for o in outs:
@@ -166,140 +117,140 @@ def _stream_samples(plan: EpochPlan, c: int, piece: range, first_step: int,
             pass
 
 
-class _RankSamples(IterableDataset):
-    """What one rank's DataLoader workers produce: lists of ``(place, sample)``, place = the sample's
-    position in this rank's epoch stream. Lists of a few samples, not single ones, because each item
-    crossing the worker queue costs a pickle and a pipe round trip; batches are formed in the main
-    process across workers."""
+class _RankParts(IterableDataset):
+    """What one rank's DataLoader workers produce: one stacked part per micro-batch they contribute to
+    (``vitssl.data.batches``).
 
-    chunk = 32
+    Local shards: worker w makes the whole micro-batches b with b % workers == w, reading every stream
+    of the rank and seeking over the samples of the other workers' batches; the main process then has
+    nothing to put together. Remote shards are read once, so each worker reads a contiguous group of
+    the rank's streams instead, and a batch arrives in parts, one per worker, each in contiguous slots."""
 
-    def __init__(self, plan: EpochPlan, rank: int, world_size: int, first_step: int, workers: int,
-                 transform: Transform | None, verify: bool, decoded: dict[int, list]):
-        self.plan, self.first_step, self.workers = plan, first_step, workers
-        self.transform, self.verify, self.decoded = transform, verify, decoded
-        self.places = plan.rank_places(rank, world_size)
-        pieces = [(c, plan.stream_places(c, self.places)) for c in range(plan.streams)]
+    def __init__(self, plan: EpochPlan, places: range, first_step: int, batch_size: int, workers: int,
+                 make: SampleMaker, verify: bool, decoded: dict[int, list]):
+        self.plan, self.places, self.first_step, self.batch_size = plan, places, first_step, batch_size
+        self.make, self.verify, self.decoded, self.workers = make, verify, decoded, workers
+        pieces = [(c, plan.stream_places(c, places)) for c in range(plan.streams)]
         self.pieces = [(c, piece) for c, piece in pieces if len(piece)]
+        self.whole_batches = workers > 1 and all(s.local for s in plan.shards)
 
-    def __iter__(self) -> Iterator[list[tuple[int, dict]]]:
+    def _place(self, position: int) -> int:
+        k, q = divmod(position, self.plan.global_batch)
+        return k * len(self.places) + q - self.places.start
+
+    def _streams(self, worker: int) -> list[Iterator[tuple[int, dict]]]:
+        plan, n, w = self.plan, len(self.pieces), self.workers
+        if not self.whole_batches:
+            return [_stream_samples(plan, c, piece, self.first_step, self.verify, self.decoded)
+                    for c, piece in self.pieces[worker * n // w:(worker + 1) * n // w]]
+        mine = lambda position: self._place(position) // self.batch_size % w == worker  # noqa: E731
+        return [_stream_samples(plan, c, piece, self.first_step, self.verify, self.decoded, mine)
+                for c, piece in self.pieces]
+
+    def _samples(self, worker: int) -> Iterator[tuple[int, dict]]:
+        """(place in this rank's epoch sequence, sample) for this worker, in increasing place."""
+        streams = self._streams(worker)
+        for position, raw in heapq.merge(*streams, key=lambda item: item[0]):
+            yield self._place(position), self.make(raw)
+
+    def __iter__(self) -> Iterator[Part]:
         info = get_worker_info()
-        worker = info.id if info is not None else 0
-        plan, share = self.plan, len(self.places)
-        streams = [_stream_samples(plan, c, piece, self.first_step, self.verify, self.decoded)
-                   for c, piece in self.pieces[worker:: self.workers]]
-        chunk = []
         try:
-            for position, raw in heapq.merge(*streams, key=lambda item: item[0]):
-                k, q = divmod(position, plan.global_batch)
-                sample = _apply(self.transform, decode_sample(raw), plan.seed, plan.epoch)
-                chunk.append((k * share + q - self.places.start, _to_numpy(sample) if info is not None else sample))
-                if len(chunk) == self.chunk:
-                    yield chunk
-                    chunk = []
+            parts = batch_parts(self._samples(info.id if info is not None else 0), self.batch_size)
+            yield from parts if info is None else map(inline_small, parts)
         except DataError as err:
             if info is None:
                 raise
             # as an item, not raised: the DataLoader would wrap the one-line message in the worker's traceback
-            yield [(None, str(err))]
-            return
-        if chunk:
-            yield chunk
-
-
-def _in_order(chunks: Iterator[list[tuple[int, dict]]], start: int, stop: int) -> Iterator[dict]:
-    heap: list = []
-    expected, tie = start, itertools.count()
-    for chunk in chunks:
-        for pos, sample in chunk:
-            if pos is None:  # a worker's DataError
-                raise DataError(sample)
-            heapq.heappush(heap, (pos, next(tie), sample))
-        while heap and heap[0][0] == expected:
-            yield heapq.heappop(heap)[2]
-            expected += 1
-    if expected != stop:
-        raise DataError(f"the shards ended at sample {expected} of {stop}: re-run data_prep")
-
-
-def _batches(samples: Iterator[dict], batch_size: int) -> Iterator[dict]:
-    while chunk := list(itertools.islice(samples, batch_size)):
-        yield default_collate(chunk)
+            yield 0, None, str(err)
 
 
 # ---------------------------------------------------------------- loaders
 
 
 class TrainLoader:
-    """One epoch of one rank: ``len(self)`` micro-batches, ``grad_accum`` per optimizer step."""
+    """One epoch of one rank: ``len(self)`` micro-batches ``{"image": (B, C, H, W), "label": (B,),
+    "index": (B,), ...the transform's keys}``, ``grad_accum`` per optimizer step, from global position
+    ``skip_samples`` (= optimizer steps done x global batch).
 
-    def __init__(self, shards: str | Path, split: str, *, batch_size: int, rank: int, world_size: int,
-                 grad_accum: int, num_workers: int, seed: int, epoch: int, shuffle: bool, shuffle_buffer: int,
-                 transform: Transform | None, skip_samples: int, streams: int | None, check_sha: bool,
-                 cache_bytes: int = 0):
+    ``data``: the run's ``data:`` section (shards, split, batch size, workers, shuffle, streams, cache,
+    crops). The rest is what the run decides. ``transform(sample) -> dict`` runs in the workers with
+    torch's RNG seeded from (seed, epoch, index). ``float_pixels``: images as float32 in [0, 1]
+    (converted in this process); False: uint8 as read, for a consumer that converts them on its
+    device (``vitssl.engine.batches``), unless the transform read them as floats. ``pin_memory``: batches
+    in page-locked memory, for a non-blocking copy to a GPU.
+    """
+
+    def __init__(self, data: DataConfig, *, rank: int = 0, world_size: int = 1, grad_accum: int = 1, seed: int = 0,
+                 epoch: int = 0, skip_samples: int = 0, transform: Transform | None = None,
+                 float_pixels: bool = True, pin_memory: bool = False):
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} outside world_size {world_size}")
-        global_batch = batch_size * world_size * grad_accum
-        self.plan = EpochPlan.build(split_shards(shards, split, check_sha), global_batch=global_batch,
-                                    streams=streams, seed=seed, epoch=epoch, shuffle=shuffle,
-                                    shuffle_buffer=shuffle_buffer, where=f"split {split!r} of {shards}")
+        global_batch = data.batch_size * world_size * grad_accum
+        self.plan = EpochPlan.build(split_shards(data.shards, data.split, data.check_sha), global_batch=global_batch,
+                                    streams=data.streams, seed=seed, epoch=epoch, shuffle=data.shuffle,
+                                    shuffle_buffer=data.shuffle_buffer,
+                                    where=f"split {data.split!r} of {data.shards}")
         self.steps_per_epoch = self.plan.steps  # optimizer steps, the same on every rank in every epoch
         if skip_samples % global_batch or not 0 <= skip_samples <= self.steps_per_epoch * global_batch:
             raise ValueError(f"skip_samples {skip_samples} must be a multiple of the global batch {global_batch} "
                              f"within the epoch's {self.steps_per_epoch * global_batch} samples")
-        self.batch_size, self.grad_accum, self.num_workers = batch_size, grad_accum, num_workers
+        self.batch_size, self.grad_accum, self.num_workers = data.batch_size, grad_accum, data.num_workers
+        self.float_pixels, self.pin_memory = float_pixels, pin_memory
         self.steps_done = skip_samples // global_batch
         # before workers fork, so they inherit the cached offsets and images
-        decoded = decoded_shards(self.plan.shards, cache_bytes) if cache_bytes else {}
+        decoded = decoded_shards(self.plan.shards, int(data.cache_mb * (1 << 20))) if data.cache_mb else {}
         for k, shard in enumerate(self.plan.shards):
             if shard.local and k not in decoded:
                 sample_offsets(local_path(shard.url))
-        self._dataset = _RankSamples(self.plan, rank, world_size, self.steps_done, max(num_workers, 1), transform,
-                                     check_sha, decoded)
+        make = SampleMaker(data, data.crop, transform, seed, epoch)
+        self._dataset = _RankParts(self.plan, self.plan.rank_places(rank, world_size), self.steps_done,
+                                   data.batch_size, max(data.num_workers, 1), make, data.check_sha, decoded)
 
     def __len__(self) -> int:
         return (self.steps_per_epoch - self.steps_done) * self.grad_accum
 
     def __iter__(self) -> Iterator[dict]:
-        items: Iterator = iter(self._dataset)
+        parts: Iterator[Part] = iter(self._dataset)
         if self.num_workers > 0:
-            prefetch = max(2, self.batch_size // (self.num_workers * _RankSamples.chunk) + 1)
-            items = iter(DataLoader(self._dataset, batch_size=None, num_workers=self.num_workers,
-                                    collate_fn=_identity, prefetch_factor=prefetch))
-        share = len(self._dataset.places)
-        return _batches(_in_order(items, self.steps_done * share, self.steps_per_epoch * share), self.batch_size)
+            parts = iter(DataLoader(self._dataset, batch_size=None, num_workers=self.num_workers,
+                                    collate_fn=_identity, prefetch_factor=4))
+        batches = assemble(parts, self.steps_done * self.grad_accum, self.steps_per_epoch * self.grad_accum,
+                           self.batch_size, self.pin_memory)
+        return map(float_images, batches) if self.float_pixels else batches
+
+
+def float_images(batch: dict) -> dict:
+    """uint8 image batches (>= 4-D) as float32 in [0, 1]; everything else as it is."""
+    return {k: to_float(v) if torch.is_tensor(v) and v.dtype == torch.uint8 and v.ndim >= 4 else v
+            for k, v in batch.items()}
 
 
 def make_train_loader(shards: str | Path, split: str = "train", *, batch_size: int, rank: int, world_size: int,
                       grad_accum: int = 1, num_workers: int = 0, seed: int = 0, epoch: int = 0,
-                      shuffle: bool = True, shuffle_buffer: int = 1000, transform: Transform | None = None,
-                      skip_samples: int = 0, streams: int | None = None, check_sha: bool = True,
-                      cache_bytes: int = 0) -> TrainLoader:
-    """The rest of one epoch of training micro-batches ``{"image": (B, C, H, W), "label": (B,), "index": (B,)}``
-    for ``rank``, from global position ``skip_samples`` (= optimizer steps done x global batch).
-
-    ``shards``: a folder or URL holding manifest.json, or shard URLs (see ``vitssl.data.sources``).
-    ``streams``: the canonical partition of the epoch (``epoch_plan``); None picks it from the shards and
-    the global batch. ``transform(sample) -> dict`` runs in the workers with torch's RNG seeded from
-    (seed, epoch, index). ``cache_bytes``: decoded images of local shards kept in memory for later
-    epochs, up to this many bytes per process (0: read and decode every epoch).
-    """
-    return TrainLoader(shards, split, batch_size=batch_size, rank=rank, world_size=world_size,
-                       grad_accum=grad_accum, num_workers=num_workers, seed=seed, epoch=epoch, shuffle=shuffle,
-                       shuffle_buffer=shuffle_buffer, transform=transform, skip_samples=skip_samples,
-                       streams=streams, check_sha=check_sha, cache_bytes=cache_bytes)
+                      transform: Transform | None = None, skip_samples: int = 0, cache_bytes: int = 0,
+                      **options) -> TrainLoader:
+    """``TrainLoader`` in keyword form, for scripts and tests: ``options`` are other ``data:`` keys
+    (shuffle, shuffle_buffer, streams, check_sha, crop, ...). No decoded-image cache unless asked."""
+    data = DataConfig(shards=str(shards), split=split, batch_size=batch_size, num_workers=num_workers,
+                      cache_mb=cache_bytes / (1 << 20), **options)
+    return TrainLoader(data, rank=rank, world_size=world_size, grad_accum=grad_accum, seed=seed, epoch=epoch,
+                       skip_samples=skip_samples, transform=transform)
 
 
 class EvalLoader:
     """Batches of the samples at positions ``p % world_size == rank`` in manifest order: no padding,
-    no drop, so the ranks together see every sample exactly once."""
+    no drop, so the ranks together see every sample exactly once. Images as float32 in [0, 1], resized
+    and centre-cropped to ``data.image_size`` when ``data.crop`` is not none."""
 
-    def __init__(self, shards: str | Path, split: str, *, batch_size: int, transform: Transform | None,
-                 rank: int, world_size: int, check_sha: bool):
+    def __init__(self, data: DataConfig, split: str | None = None, *, batch_size: int | None = None, rank: int = 0,
+                 world_size: int = 1, transform: Transform | None = None):
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} outside world_size {world_size}")
-        self.shards, self.check_sha = split_shards(shards, split, check_sha), check_sha
-        self.batch_size, self.transform, self.rank, self.world_size = batch_size, transform, rank, world_size
+        split = data.eval_split if split is None else split
+        self.shards, self.check_sha = split_shards(data.shards, split, data.check_sha), data.check_sha
+        self.batch_size, self.rank, self.world_size = batch_size or data.batch_size, rank, world_size
+        self.make = SampleMaker(data, "none" if data.crop == "none" else "center", transform, 0, 0)
         self.num_samples = len(range(rank, sum(s.count for s in self.shards), world_size))
 
     def __len__(self) -> int:
@@ -311,18 +262,21 @@ class EvalLoader:
             keep = lambda i, f=first: (f + i) % self.world_size == self.rank  # noqa: E731
             for i, raw in read_shard(shard, keep, verify=self.check_sha):
                 raw["__index__"] = first + i
-                yield _apply(self.transform, decode_sample(raw), 0, 0)
+                yield self.make(raw)
             first += shard.count
 
     def __iter__(self) -> Iterator[dict]:
-        return _batches(self._samples(), self.batch_size)
+        samples = self._samples()
+        while held := list(itertools.islice(samples, self.batch_size)):
+            yield float_images(collate(held))
 
 
 def make_eval_loader(shards: str | Path, split: str = "test", *, batch_size: int,
                      transform: Transform | None = None, rank: int = 0, world_size: int = 1,
                      check_sha: bool = True) -> EvalLoader:
-    return EvalLoader(shards, split, batch_size=batch_size, transform=transform, rank=rank,
-                      world_size=world_size, check_sha=check_sha)
+    """``EvalLoader`` in keyword form, for images as stored."""
+    return EvalLoader(DataConfig(shards=str(shards), check_sha=check_sha), split, batch_size=batch_size,
+                      transform=transform, rank=rank, world_size=world_size)
 
 
 def load_split_tensors(shards: str | Path, split: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

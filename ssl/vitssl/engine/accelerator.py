@@ -34,6 +34,7 @@ def build_accelerator(run: RunConfig, batch_size: int | None = None) -> Accelera
         mixed_precision=run.precision,
         gradient_accumulation_steps=run.grad_accum,
         kwargs_handlers=handlers,
+        dynamo_backend="inductor" if run.compile else None,
     )
     launched = int(os.environ.get("WORLD_SIZE", "1"))
     if accelerator.num_processes != launched:

@@ -132,7 +132,7 @@ def _finetune(run: RunSession, cfg: FinetuneConfig, encoder, pretrained: Pretrai
     splits = []
     with gathered_parameters(run.accelerator, net):  # ZeRO-3: whole weights for a forward outside the engine
         for split in ft.splits(cfg.data):
-            out = stream_split(run.accelerator, cfg.data.shards, split, EVAL_BATCH, predict, cfg.data.check_sha)
+            out = stream_split(run.accelerator, cfg.data, split, EVAL_BATCH, predict, cfg.data.check_sha)
             splits.append(SplitPredictions(split, out["logits"].argmax(1), out["label"], out["features"]))
     if run.is_main:
         h = fit.state.history
@@ -149,7 +149,7 @@ def _start_from_probe(run: RunSession, cfg: FinetuneConfig, model: Classify) -> 
     steps do not send a random head's gradients into the pretrained features. Every process fits
     the same probe (same features, seeded)."""
     ft = cfg.finetune
-    features, labels = split_features(run.accelerator, model.encoder.to(run.accelerator.device), cfg.data.shards,
+    features, labels = split_features(run.accelerator, model.encoder.to(run.accelerator.device), cfg.data,
                                       cfg.data.split, max(cfg.data.batch_size, EVAL_BATCH), ft.pool,
                                       cfg.data.check_sha)
     features, labels = features.float().cpu(), labels.cpu()
@@ -171,7 +171,7 @@ def _frozen(run: RunSession, cfg: FinetuneConfig, encoder) -> FinetuneResult:
 
     def features(split: str) -> tuple[torch.Tensor, torch.Tensor]:
         batch = max(cfg.data.batch_size, EVAL_BATCH)
-        return split_features(acc, encoder, cfg.data.shards, split, batch, ft.pool, cfg.data.check_sha)
+        return split_features(acc, encoder, cfg.data, split, batch, ft.pool, cfg.data.check_sha)
 
     train_f, train_y = features(cfg.data.split)
     evals = {split: features(split) for split in ft.splits(cfg.data)}

@@ -68,19 +68,17 @@ def resolve_lr(optim: OptimConfig, global_batch: int) -> tuple[float, str]:
 
 def make_training_plan(cfg, accelerator: Accelerator, transform) -> TrainingPlan:
     """cfg: any run config with data, optim and run sections (pretraining and fine-tuning alike)."""
-    from vitssl.data import make_train_loader
+    from vitssl.data import TrainLoader  # at call time: tests wrap it
 
     world = accelerator.num_processes
     global_batch = cfg.data.batch_size * world * cfg.run.grad_accum
     peak_lr, lr_rule = resolve_lr(cfg.optim, global_batch)
 
     def make_loader(epoch: int, steps_done: int):
-        return make_train_loader(
-            cfg.data.shards, cfg.data.split, batch_size=cfg.data.batch_size, rank=accelerator.process_index,
-            world_size=world, grad_accum=cfg.run.grad_accum, num_workers=cfg.data.num_workers, seed=cfg.run.seed,
-            epoch=epoch, shuffle=cfg.data.shuffle, shuffle_buffer=cfg.data.shuffle_buffer, transform=transform,
-            skip_samples=steps_done * global_batch, streams=cfg.data.streams, check_sha=cfg.data.check_sha,
-            cache_bytes=cfg.data.cache_mb << 20)
+        # uint8 pixels: the trainer's feed makes them float on the device (vitssl.engine.batches)
+        return TrainLoader(cfg.data, rank=accelerator.process_index, world_size=world, grad_accum=cfg.run.grad_accum,
+                           seed=cfg.run.seed, epoch=epoch, skip_samples=steps_done * global_batch,
+                           transform=transform, float_pixels=False, pin_memory=accelerator.device.type == "cuda")
 
     first = make_loader(0, 0)  # the same steps on every process and in every epoch (vitssl.data.epoch_plan)
     steps_per_epoch = first.steps_per_epoch

@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 
 from vitssl.config import PretrainConfig
-from vitssl.data import make_eval_loader
+from vitssl.data import EvalLoader
 from vitssl.engine.accelerator import build_accelerator
 from vitssl.engine.checkpoint import ENCODER_FILE
 from vitssl.engine.model_init import load_init, resolve_init
@@ -29,9 +29,7 @@ def run_pretrain(cfg: PretrainConfig) -> FitResult:
             load_init(objective, init, run.accelerator.print)
         figure_batch = None
         if cfg.run.figure_every:  # on every process: under ZeRO-3 all of them join the figures' forward
-            figure_batch = next(iter(make_eval_loader(cfg.data.shards, cfg.data.eval_split, batch_size=8,
-                                                      transform=objective.sample_transform(),
-                                                      check_sha=cfg.data.check_sha)))
+            figure_batch = next(iter(EvalLoader(cfg.data, batch_size=8, transform=objective.sample_transform())))
 
         def export(model) -> dict:
             return encoder_export(model.encoder) | {"objective": name, "config": redacted_dump(cfg)}

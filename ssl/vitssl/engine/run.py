@@ -129,7 +129,9 @@ class RunSession:
         return self.accelerator.is_main_process
 
     def __enter__(self) -> RunSession:
-        check_run_data(self.cfg)  # labels, channels and image size against the config: one line, before any step
+        # Labels, channels and image size against the config: one line, before any step. A reader that
+        # crops (data.crop) takes images of any size, so only the size check is skipped then.
+        check_run_data(self.cfg, crop_on_read=self.cfg.data.crop != "none")
         self.resume = resume_folder(self.cfg, self.out_dir)  # a bad run.resume fails before anything is written
         if self.resume is not None:
             check_resumable(self.cfg, self.resume)

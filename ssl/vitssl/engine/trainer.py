@@ -22,8 +22,9 @@ from accelerate import Accelerator
 from accelerate.utils import DistributedType
 from tqdm.auto import tqdm
 
-from vitssl.engine.batches import to_model_input
+from vitssl.engine.batches import DeviceFeed, to_model_input
 from vitssl.engine.checkpoint import Checkpointer, load_checkpoint
+from vitssl.engine.flops import peak_flops, train_flops_per_image
 from vitssl.engine.lifetime import StopRequest
 from vitssl.engine.plan import TrainingPlan, set_lr
 from vitssl.engine.precision import cast_float_buffers, model_dtype
@@ -104,6 +105,16 @@ class TrainState:
 
 
 @dataclass
+class Window:
+    """The stretch of steps since the last synchronisation point."""
+
+    bad: torch.Tensor  # a non-finite loss since the last check, on the device
+    first_bad_step: int = -1
+    started: float = field(default_factory=time.perf_counter)
+    images: int = 0
+
+
+@dataclass
 class FitResult:
     state: TrainState
     checkpoint: Path | None
@@ -115,7 +126,10 @@ class Trainer:
                  plan: TrainingPlan, tracker: MlflowRun, checkpointer: Checkpointer, options: TrainerOptions,
                  figure_batch: dict | None = None):
         self.accelerator = accelerator
+        # model FLOP utilisation in the log line when both are known (vitssl.engine.flops)
+        self.flops_per_image, self.peak_flops = train_flops_per_image(model), peak_flops(accelerator.device)
         self.model, self.optimizer = accelerator.prepare(model, optimizer)
+        self.objective = accelerator.unwrap_model(self.model)  # for after_step
         self.input_dtype = model_dtype(self.model)
         cast_float_buffers(self.model, self.input_dtype)
         self.plan = plan
@@ -164,110 +178,138 @@ class Trainer:
         t = self.accelerator.reduce(t, reduction="mean")
         return dict(zip(keys, t.tolist(), strict=True))
 
-    # -- loop ----------------------------------------------------------------------------------
+    # -- loop: fit -> epochs -> micro-steps, with a synchronisation point every few steps -------------
     def fit(self) -> FitResult:
-        acc, sch, st, opts = self.accelerator, self.plan.schedule, self.state, self.options
-        total = sch.total_steps
-        objective = acc.unwrap_model(self.model)
-        bar = self.bar = tqdm(total=total, initial=st.step, disable=not acc.is_local_main_process, desc="train",
-                              dynamic_ncols=True)
-        bad = torch.zeros((), dtype=torch.bool, device=acc.device)  # a non-finite loss since the last check
-        first_bad_step = -1
-        window_t, window_imgs = time.perf_counter(), 0
+        sch, st = self.plan.schedule, self.state
+        self.bar = tqdm(total=sch.total_steps, initial=st.step, disable=not self.accelerator.is_local_main_process,
+                        desc="train", dynamic_ncols=True)
+        self.window = Window(torch.zeros((), dtype=torch.bool, device=self.accelerator.device))
         with StopRequest() as stop:
-            while st.step < total and st.epoch < sch.epochs:
-                done_in_epoch = st.step - st.epoch * sch.steps_per_epoch
-                planned = (sch.steps_per_epoch - done_in_epoch) * sch.grad_accum  # micro-batches to use
-                expected = self.plan.batches_per_epoch - done_in_epoch * sch.grad_accum  # the loader's
-                seen = 0
-                self.model.train()
-                for batch in stop.interruptible(self.plan.make_loader(st.epoch, done_in_epoch)):
-                    seen += 1
-                    if seen > expected:
-                        raise LoaderMismatchError(
-                            f"the data loader yielded more than the {expected} batches planned for epoch "
-                            f"{st.epoch} on process {acc.process_index}: refusing to merge epochs")
-                    if seen > planned:
-                        continue  # the remainder of an epoch that does not fill an accumulation step
-                    if (seen - 1) % sch.grad_accum == 0:  # before any backward: DeepSpeed steps inside it
-                        set_lr(self.optimizer, sch.lr(st.step))
-                    batch = to_model_input(batch, acc.device, self.input_dtype)
-                    with acc.accumulate(self.model):
-                        loss, metrics = self.model(batch)
-                        acc.backward(loss)
-                        if acc.sync_gradients and opts.grad_clip:
-                            metrics |= self._clip_gradients()
-                        self.optimizer.step()
-                        self.optimizer.zero_grad(set_to_none=True)
-                    window_imgs += next(iter(batch.values())).shape[0]
-                    if not acc.sync_gradients:
-                        continue
-                    nonfinite = ~torch.isfinite(loss.detach())
-                    bad = bad | nonfinite
-                    if first_bad_step < 0 and acc.device.type == "cpu" and bool(nonfinite):
-                        first_bad_step = st.step  # free on CPU; on GPUs the check below names the window
-                    st.step += 1
-                    objective.after_step(st.step, st.step / total)
-                    bar.update(1)
-                    values = {"loss": loss.detach(), **metrics}
-                    st.window_means.add(values)
-                    st.epoch_means.add(values)
-                    epoch_done = st.step - st.epoch * sch.steps_per_epoch == sch.steps_per_epoch
-                    log_now = st.step % opts.log_every == 0 or st.step == total
-                    save_now = bool(self.checkpointer.every) and st.step % self.checkpointer.every == 0
-                    if not (log_now or save_now or epoch_done or st.step >= total):
-                        continue
-                    any_bad, stop_now = self._agree(bad, stop.requested)
-                    if any_bad:
-                        where = f"step {first_bad_step}" if first_bad_step >= 0 else f"a step up to {st.step - 1}"
-                        raise NonFiniteLossError(
-                            f"non-finite loss at {where} (epoch {st.epoch}): recent means "
-                            f"{st.window_means.means()}. Lower optim.lr, enable run.grad_clip, or use bf16 "
-                            "instead of fp16.")
-                    if log_now:
-                        self._log_window(time.perf_counter() - window_t, window_imgs)
-                        window_t, window_imgs = time.perf_counter(), 0
-                    if save_now:
-                        self.save()
-                    if stop_now:
-                        acc.print(f"stop requested: saving a checkpoint at step {st.step}")
-                        if self.last_saved_step != st.step:
-                            self.save()
-                        bar.close()
-                        return FitResult(st, self.last_checkpoint, True)
-                    if st.step >= total:
-                        break
-                if stop.read_interrupted:
-                    return self._stop_while_waiting(bar)
-                if st.step < total and seen != expected:
-                    raise LoaderMismatchError(
-                        f"the data loader ended epoch {st.epoch} after {seen} of the {expected} batches planned "
-                        f"on process {acc.process_index}: every process must get the planned equal batches")
-                if st.step == (st.epoch + 1) * sch.steps_per_epoch:
-                    self._end_epoch()
-                    st.epoch += 1
-                    if st.step < total and not self.checkpointer.every:
-                        self.save()
+            while st.step < sch.total_steps and st.epoch < sch.epochs:
+                if self._train_one_epoch(stop):
+                    self.bar.close()
+                    return FitResult(st, self.last_checkpoint, True)
+                self._after_epoch()
         if self.last_saved_step != st.step:
             self.save()
-        bar.close()
+        self.bar.close()
         return FitResult(st, self.last_checkpoint, False)
 
-    def _stop_while_waiting(self, bar) -> FitResult:
+    def _train_one_epoch(self, stop: StopRequest) -> bool:
+        """The rest of the current epoch (mae's ``train_one_epoch``); True when a stop was requested and
+        a checkpoint written."""
+        acc, sch, st = self.accelerator, self.plan.schedule, self.state
+        done_in_epoch = st.step - st.epoch * sch.steps_per_epoch
+        planned = (sch.steps_per_epoch - done_in_epoch) * sch.grad_accum  # micro-batches to use
+        expected = self.plan.batches_per_epoch - done_in_epoch * sch.grad_accum  # the loader's
+        seen = 0
+        self.model.train()
+        batches = stop.interruptible(self.plan.make_loader(st.epoch, done_in_epoch))
+        for batch in DeviceFeed(batches, acc.device, self.input_dtype):
+            seen += 1
+            if seen > expected:
+                raise LoaderMismatchError(
+                    f"the data loader yielded more than the {expected} batches planned for epoch "
+                    f"{st.epoch} on process {acc.process_index}: refusing to merge epochs")
+            if seen > planned:
+                continue  # the remainder of an epoch that does not fill an accumulation step
+            loss, metrics = self._micro_step(batch, first=(seen - 1) % sch.grad_accum == 0)
+            if not acc.sync_gradients:
+                continue
+            self._count_step(loss, metrics)
+            if self._sync_point(stop):
+                return True
+            if st.step >= sch.total_steps:
+                break
+        if stop.read_interrupted:
+            self._stop_while_waiting()
+            return True
+        if st.step < sch.total_steps and seen != expected:
+            raise LoaderMismatchError(
+                f"the data loader ended epoch {st.epoch} after {seen} of the {expected} batches planned "
+                f"on process {acc.process_index}: every process must get the planned equal batches")
+        return False
+
+    def _micro_step(self, batch: dict, first: bool) -> tuple[torch.Tensor, dict]:
+        """Forward and backward of one micro-batch; the optimizer steps on the last of an accumulation."""
+        acc, opts = self.accelerator, self.options
+        if first:  # before any backward: DeepSpeed steps inside it
+            set_lr(self.optimizer, self.plan.schedule.lr(self.state.step))
+        with acc.accumulate(self.model):
+            loss, metrics = self.model(batch)
+            acc.backward(loss)
+            if acc.sync_gradients and opts.grad_clip:
+                metrics |= self._clip_gradients()
+            self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
+        self.window.images += next(iter(batch.values())).shape[0]
+        return loss, metrics
+
+    def _count_step(self, loss: torch.Tensor, metrics: dict) -> None:
+        """An optimizer step is done: its metrics join the running means, on the device (no sync)."""
+        st, window = self.state, self.window
+        nonfinite = ~torch.isfinite(loss.detach())
+        window.bad = window.bad | nonfinite
+        if window.first_bad_step < 0 and self.accelerator.device.type == "cpu" and bool(nonfinite):
+            window.first_bad_step = st.step  # free on CPU; on GPUs the sync point names the window
+        st.step += 1
+        self.objective.after_step(st.step, st.step / self.plan.schedule.total_steps)
+        self.bar.update(1)
+        values = {"loss": loss.detach(), **metrics}
+        st.window_means.add(values)
+        st.epoch_means.add(values)
+
+    def _sync_point(self, stop: StopRequest) -> bool:
+        """Every log_every steps, checkpoint and epoch end: the one place the processes wait for each other
+        and the device. Raises on a non-finite loss; True when a stop was requested (checkpoint written)."""
+        st, sch, window = self.state, self.plan.schedule, self.window
+        epoch_done = st.step - st.epoch * sch.steps_per_epoch == sch.steps_per_epoch
+        log_now = st.step % self.options.log_every == 0 or st.step == sch.total_steps
+        save_now = bool(self.checkpointer.every) and st.step % self.checkpointer.every == 0
+        if not (log_now or save_now or epoch_done or st.step >= sch.total_steps):
+            return False
+        any_bad, stop_now = self._agree(window.bad, stop.requested)
+        if any_bad:
+            where = f"step {window.first_bad_step}" if window.first_bad_step >= 0 else f"a step up to {st.step - 1}"
+            raise NonFiniteLossError(
+                f"non-finite loss at {where} (epoch {st.epoch}): recent means {st.window_means.means()}. "
+                "Lower optim.lr, enable run.grad_clip, or use bf16 instead of fp16.")
+        if log_now:
+            self._log_window(time.perf_counter() - window.started, window.images)
+            window.started, window.images = time.perf_counter(), 0
+        if save_now:
+            self.save()
+        if stop_now:
+            self.accelerator.print(f"stop requested: saving a checkpoint at step {st.step}")
+            if self.last_saved_step != st.step:
+                self.save()
+        return stop_now
+
+    def _after_epoch(self) -> None:
+        """The epoch's means, figures and (without step checkpoints) its checkpoint, once it is complete."""
+        st, sch = self.state, self.plan.schedule
+        if st.step == (st.epoch + 1) * sch.steps_per_epoch:
+            self._end_epoch()
+            st.epoch += 1
+            if st.step < sch.total_steps and not self.checkpointer.every:
+                self.save()
+
+    def _stop_while_waiting(self) -> None:
         """A stop request while the loader was blocked (a stalled source): save what one process can
         save alone; with several, the others are ended by the launcher and resume uses the last save."""
         st, acc = self.state, self.accelerator
-        bar.close()
         print(f"stop requested while waiting for data on process {acc.process_index} (step {st.step})", flush=True)
         if acc.num_processes == 1 and self.last_saved_step != st.step:
             self.save()
-        return FitResult(st, self.last_checkpoint, True)
+
 
     def _log_window(self, elapsed: float, images: int) -> None:
         acc, st = self.accelerator, self.state
         logged = self._mean_across(st.window_means.means())
         st.window_means = RunningMeans()
         logged["images_per_s"] = images * acc.num_processes / max(elapsed, 1e-9)
+        if self.flops_per_image and self.peak_flops:
+            logged["mfu"] = logged["images_per_s"] * self.flops_per_image / (self.peak_flops * acc.num_processes)
         group = self.optimizer.param_groups[0]
         logged["lr"] = group["lr"] / group.get("lr_scale", 1.0)
         if acc.is_main_process:
@@ -275,7 +317,8 @@ class Trainer:
                 self.tracker.log_metrics(logged, st.step)
             st.history["loss"].append((st.step, logged["loss"]))
             st.history["images_per_s"].append((st.step, logged["images_per_s"]))
-            self.bar.set_postfix(loss=f"{logged['loss']:.4f}", ips=f"{logged['images_per_s']:.0f}")
+            self.bar.set_postfix(loss=f"{logged['loss']:.4f}", ips=f"{logged['images_per_s']:.0f}",
+                                 **({"mfu": f"{logged['mfu']:.1%}"} if "mfu" in logged else {}))
 
     def _end_epoch(self) -> None:
         acc, st = self.accelerator, self.state

@@ -7,21 +7,23 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import gather_object
 
-from vitssl.data import make_eval_loader
+from vitssl.data import DataConfig, EvalLoader
 from vitssl.models import Encoder
 
 
 @torch.no_grad()
-def stream_split(accelerator: Accelerator, shards: str, split: str, batch_size: int,
+def stream_split(accelerator: Accelerator, shards: str | DataConfig, split: str, batch_size: int,
                  fn: Callable[[torch.Tensor], dict[str, torch.Tensor]], check_sha: bool = True) -> dict[str, torch.Tensor]:
     """Apply `fn` (images (B, C, H, W) on the device -> named (B, ...) tensors) to a whole split.
 
     Each process reads an exact, disjoint share (positions p % world == rank), so no sample is padded
     or counted twice; the results are gathered to every process and returned in manifest order, on the
-    CPU, with the split's `label`s. Only one batch of images is ever in memory.
+    CPU, with the split's `label`s. Only one batch of images is ever in memory. `shards`: a shard spec, or
+    the run's data: section (then its crops apply: images of any size are resized and centre-cropped).
     """
-    loader = make_eval_loader(shards, split, batch_size=batch_size, rank=accelerator.process_index,
-                              world_size=accelerator.num_processes, check_sha=check_sha)
+    data = shards if isinstance(shards, DataConfig) else DataConfig(shards=str(shards), check_sha=check_sha)
+    loader = EvalLoader(data, split, batch_size=batch_size, rank=accelerator.process_index,
+                        world_size=accelerator.num_processes)
     parts: list[dict[str, torch.Tensor]] = []
     for batch in loader:
         out = {k: v.float().cpu() for k, v in fn(batch["image"].to(accelerator.device)).items()}
@@ -33,8 +35,8 @@ def stream_split(accelerator: Accelerator, shards: str, split: str, batch_size: 
     return {k: v[order] for k, v in merged.items()}
 
 
-def split_features(accelerator: Accelerator, encoder: Encoder, shards: str, split: str, batch_size: int,
-                   pool: str = "cls", check_sha: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+def split_features(accelerator: Accelerator, encoder: Encoder, shards: str | DataConfig, split: str,
+                   batch_size: int, pool: str = "cls", check_sha: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """Pooled embeddings (N, D) and labels (N,) of a split; the encoder's train/eval mode is restored."""
     was_training = encoder.training
     encoder.eval()

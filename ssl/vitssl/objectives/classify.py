@@ -18,7 +18,7 @@ from vitssl.config.finetune import HeadOptions
 from vitssl.data.augment import RandAugmentDigits, affine_transform, chain
 from vitssl.models import Encoder
 from vitssl.objectives.base import Batch, Metrics, Objective, ObjectiveOptions, register
-from vitssl.objectives.mixup import mixup
+from vitssl.objectives.mixup import mix_batch
 
 
 class ClassifyOptions(ObjectiveOptions, HeadOptions):
@@ -52,8 +52,9 @@ class Classify(Objective):
 
     def forward(self, batch: Batch) -> tuple[torch.Tensor, Metrics]:
         images, targets = batch["image"], batch["label"]
-        if self.training and self.options.mixup_alpha > 0:
-            images, targets, _ = mixup(images, targets, self.options.num_classes, self.options.mixup_alpha)
+        o = self.options
+        if self.training and (o.mixup_alpha > 0 or o.cutmix_alpha > 0):
+            images, targets, _ = mix_batch(images, targets, o.num_classes, o.mixup_alpha, o.cutmix_alpha)
         logits = self.logits(images).float()
         loss = F.cross_entropy(logits, targets, label_smoothing=self.options.label_smoothing)
         hard = targets if targets.ndim == 1 else targets.argmax(-1)  # under Mixup: the larger share

@@ -45,6 +45,8 @@ class MAEOptions(ObjectiveOptions, ReconstructionOptions):
 class MaskNoise:
     """Per-sample transform: uniform noise whose order decides which patches are masked."""
 
+    reads_pixels = False  # the image may stay uint8 until the device
+
     def __init__(self, num_patches: int):
         self.num_patches = num_patches
 
