@@ -41,6 +41,13 @@ class DataConfig(BaseModel):
     reduced_decode: bool = Field(False, description="decode a JPEG at 1/4 or 1/8 scale (DCT scaling, through "
                                  "Pillow) when its crop is at least 4x image_size; measured no faster than "
                                  "torchvision's full decode on ~100 KB photos, so off by default")
+    # bounds of every remote (http/https) read: a stalled server ends in one error line, not a hang
+    read_min_bytes_per_s: int = Field(1024, ge=1, description="a transfer slower than this for read_stall_s "
+                                      "seconds is aborted (and retried)")
+    read_stall_s: int = Field(60, ge=1)
+    read_deadline_s: int = Field(1800, ge=1, description="all attempts at one shard or manifest together")
+    read_retries: int = Field(3, ge=0, description="tries after a transient failure (timeout, broken link, "
+                              "HTTP 408/429/5xx)")
 
     @field_validator("crop_scale")
     @classmethod
