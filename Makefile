@@ -28,7 +28,7 @@ test: setup
 	$(PY) -m pytest -q -n $(TEST_JOBS) --dist loadfile
 
 test-fast: setup
-	$(PY) -m pytest -q -m "not slow"
+	$(PY) -m pytest -q -n $(TEST_JOBS) -m "not slow"
 
 lint: setup
 	$(VENV)/bin/ruff check .
