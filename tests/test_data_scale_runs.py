@@ -11,9 +11,9 @@ from pathlib import Path
 import psutil
 import pytest
 import torch
-from http_shards import http_server
 
 from fixtures import make_mnist_shards
+from http_shards import http_server
 from launching import client, env, last_lines, launch, launch_cmd, metric
 
 MAE = "configs/mnist012/mae.yaml"
