@@ -16,6 +16,7 @@ import sys
 
 from vitssl.eval.compare import compare
 from vitssl.eval.reference import SEEDS_FINETUNE
+from vitssl.objectives import OBJECTIVES
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -31,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         experiment = args.experiment[0] if len(args.experiment) == 1 else args.experiment
         table = compare(experiment, args.tracking_uri, args.out, args.parent_run,
-                        SEEDS_FINETUNE if args.seeds_reference else None)
+                        SEEDS_FINETUNE if args.seeds_reference else None, order=list(OBJECTIVES))
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

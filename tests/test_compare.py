@@ -14,10 +14,10 @@ sys.path.insert(0, str(ROOT / "launch"))
 
 import compare as compare_cli  # noqa: E402
 
-from vitssl.eval.compare import objective_order  # noqa: E402
 from vitssl.eval.reference import SEEDS_FINETUNE  # noqa: E402
 from vitssl.eval.study_runs import collect  # noqa: E402
 from vitssl.eval.tables import to_markdown  # noqa: E402
+from vitssl.objectives import OBJECTIVES  # noqa: E402
 
 EXP = "study-test"
 
@@ -146,7 +146,7 @@ def test_split_tables_with_intervals_baselines_and_the_study_filter(tmp_path):
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     study = fill_study(uri)
-    rows = collect(EXP, uri, parent_run=study, order=objective_order())
+    rows = collect(EXP, uri, parent_run=study, order=list(OBJECTIVES))
     assert [r.objective for r in rows] == ["pixels_svm_rbf", "none", "mae"]
     assert rows[2].seeds == {"0", "1"}  # the other study's seed 2 is left out
     table = to_markdown(rows, SEEDS_FINETUNE)
@@ -290,10 +290,21 @@ def test_paired_test_refuses_runs_on_other_images(tmp_path):
         paired_test(a, "finetune", "test", b, "finetune")
 
 
-def test_rows_follow_the_objective_registry():
-    from vitssl.objectives import OBJECTIVES
-
-    assert objective_order() == list(OBJECTIVES) and "mae" in objective_order()
+def test_rows_follow_the_order_the_caller_gives(tmp_path):
+    """The entry points pass the objective registry's order; eval itself imports no objective."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    c = mlflow.MlflowClient(tracking_uri=uri)
+    exp = c.create_experiment(EXP)
+    for objective in ("infonce", "mae"):
+        run = c.create_run(exp, tags={"vitssl.stage": "finetune", "vitssl.objective": objective,
+                                      "vitssl.mode": "finetune", "vitssl.seed": "0"}).info.run_id
+        c.log_metric(run, "test_accuracy", 0.9)
+        c.log_metric(run, "test_errors", 30)
+        c.log_metric(run, "test_n", 300)
+        c.set_terminated(run, "FINISHED")
+    assert [r.objective for r in collect(EXP, uri, order=["mae", "infonce"])] == ["mae", "infonce"]
+    assert [r.objective for r in collect(EXP, uri, order=["infonce", "mae"])] == ["infonce", "mae"]
+    assert "vitssl.objectives" not in (ROOT / "ssl/vitssl/eval/compare.py").read_text()
 
 
 def test_several_experiments_take_the_latest_run_of_each_key(tmp_path, capsys):

@@ -12,6 +12,7 @@ from vitssl.config import ConfigError
 from vitssl.data import DataError
 from vitssl.eval.compare import compare
 from vitssl.eval.reference import SEEDS_FINETUNE
+from vitssl.objectives import OBJECTIVES
 from vitssl.study import stages
 from vitssl.study.plan import StudyOptions, build_jobs, eval_splits, resolve_shards, seeds_protocol
 from vitssl.study.scheduler import Outcome, plan_slots, run_jobs
@@ -80,7 +81,7 @@ def run_study(opts: StudyOptions, tracking_uri: str | None, executor: str = "loc
     print(f"\nstudy wall time {total:.0f} s ({len(outcomes)} stages {where})")
     try:
         reference = SEEDS_FINETUNE if seeds_protocol(shards) else None
-        print("\n" + compare(opts.experiment, uri, out, reference=reference))
+        print("\n" + compare(opts.experiment, uri, out, reference=reference, order=list(OBJECTIVES)))
         log_comparison(tracker, out)
         print(f"written: {out}/comparison.md, comparison.csv, comparison_seeds.csv, comparison_paired.csv, "
               "comparison.png (also the study run's artifacts)")
