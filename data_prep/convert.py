@@ -38,6 +38,18 @@ class Encoding:
     quality: int
 
 
+
+# what Pillow raises for a file it cannot decode: the reason skipped.txt gives for each
+UNREADABLE = (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError, SyntaxError)
+
+
+def why_unreadable(err: BaseException) -> str:
+    if isinstance(err, UnidentifiedImageError):  # an OSError: checked first
+        return "not an image Pillow can read"
+    if isinstance(err, Image.DecompressionBombError):
+        return f"too large ({err})"
+    return f"corrupt or truncated ({err})"
+
 def read_header(path: str) -> Header | str:
     """The file's channels and format from its header, or why it is no usable image."""
     try:
@@ -45,12 +57,8 @@ def read_header(path: str) -> Header | str:
             return "empty file (0 bytes)"
         with Image.open(path) as img:
             return Header(1 if img.mode in GRAY_MODES else 3, img.format or "?")
-    except UnidentifiedImageError:
-        return "not an image Pillow can read"
-    except Image.DecompressionBombError as err:
-        return f"too large ({err})"
-    except (OSError, ValueError, SyntaxError) as err:
-        return f"corrupt or truncated ({err})"
+    except UNREADABLE as err:
+        return why_unreadable(err)
 
 
 def _flatten_alpha(img: Image.Image) -> Image.Image:
@@ -134,12 +142,8 @@ def convert(path: str, enc: Encoding) -> tuple[str, bytes, int, int, bool] | str
             out = _resize(_to_channels(ImageOps.exif_transpose(img), enc.channels), enc)
         ext, encoded = _encode(out, source_format, enc)
         return ext, encoded, out.size[0], out.size[1], False
-    except UnidentifiedImageError:
-        return "not an image Pillow can read"
-    except Image.DecompressionBombError as err:
-        return f"too large ({err})"
-    except (OSError, ValueError, SyntaxError) as err:
-        return f"corrupt or truncated ({err})"
+    except UNREADABLE as err:
+        return why_unreadable(err)
 
 
 def convert_with(args: tuple[str, Encoding]) -> tuple[str, bytes, int, int, bool] | str:
