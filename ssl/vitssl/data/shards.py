@@ -21,7 +21,8 @@ from typing import Callable, Iterator
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from vitssl.data.batches import Part, assemble, batch_parts, collate, inline_small
+from vitssl.data.batches import Part, assemble, batch_parts, buffer_collate, collate
+from vitssl.data.buffers import BufferReader, BufferWriter, buffer_flags
 from vitssl.data.epoch_plan import EpochPlan
 from vitssl.data.manifest import DataError
 from vitssl.data.options import DataConfig
@@ -133,6 +134,7 @@ class _RankParts(IterableDataset):
         pieces = [(c, plan.stream_places(c, places)) for c in range(plan.streams)]
         self.pieces = [(c, piece) for c, piece in pieces if len(piece)]
         self.whole_batches = workers > 1 and all(s.local for s in plan.shards)
+        self.buffers: torch.Tensor | None = None  # the epoch's busy table (vitssl.data.buffers), set before workers start
 
     def _place(self, position: int) -> int:
         k, q = divmod(position, self.plan.global_batch)
@@ -156,8 +158,8 @@ class _RankParts(IterableDataset):
     def __iter__(self) -> Iterator[Part]:
         info = get_worker_info()
         try:
-            parts = batch_parts(self._samples(info.id if info is not None else 0), self.batch_size)
-            yield from parts if info is None else map(inline_small, parts)
+            stack = collate if info is None else buffer_collate(BufferWriter(self.buffers, info.id))
+            yield from batch_parts(self._samples(info.id if info is not None else 0), self.batch_size, stack)
         except DataError as err:
             if info is None:
                 raise
@@ -212,11 +214,14 @@ class TrainLoader:
 
     def __iter__(self) -> Iterator[dict]:
         parts: Iterator[Part] = iter(self._dataset)
+        reader = None
         if self.num_workers > 0:
+            self._dataset.buffers = buffer_flags(self.num_workers)  # fresh workers, fresh buffers: every epoch
+            reader = BufferReader(self._dataset.buffers)
             parts = iter(DataLoader(self._dataset, batch_size=None, num_workers=self.num_workers,
                                     collate_fn=_identity, prefetch_factor=4))
         batches = assemble(parts, self.steps_done * self.grad_accum, self.steps_per_epoch * self.grad_accum,
-                           self.batch_size, self.pin_memory)
+                           self.batch_size, self.pin_memory, reader)
         return map(float_images, batches) if self.float_pixels else batches
 
 
