@@ -5,7 +5,8 @@ Photo-like JPEGs of 500x375 (random crops of scikit-learn's sample photographs, 
 ~100-130 KB like ImageNet's), cropped on read (RandomResizedCrop, scale 0.2-1, bicubic) to 28, 64 and
 224 px, as MAE pretraining reads them. Per output size:
 
-- ``decode+crop, 1 thread``: SampleMaker on the raw samples in this process, CPU time per sample
+- ``decode+crop, 1 thread``: SampleMaker on the raw samples in this process on one torch thread (as
+  in a DataLoader worker), CPU time per sample
   (full decode, the default, and reduced-scale JPEG decode as its own case): the work a worker must
   do per sample;
 - ``TrainLoader, 2 workers``: one epoch as the trainer gets it (uint8 batches, no float conversion,
@@ -25,6 +26,8 @@ import resource
 import sys
 import time
 from pathlib import Path
+
+import torch
 
 from vitssl.data import DataConfig, TrainLoader, split_shards
 from vitssl.data.samples import SampleMaker
@@ -50,15 +53,21 @@ def data_config(shards: Path, size: int, batch_size: int, workers: int, reduced:
 
 
 def one_thread(shards: Path, size: int, reduced: bool, limit: int) -> dict:
-    """CPU ms per sample of decode + crop in this process (the raw bytes read beforehand)."""
+    """CPU ms per sample of decode + crop in this process on one thread, as a DataLoader worker runs
+    (the raw bytes read beforehand)."""
     raws = [raw for shard in split_shards(shards, "train", check_sha=False) for _, raw in read_shard(shard)][:limit]
     for i, raw in enumerate(raws):
         raw["__index__"] = i
     make = SampleMaker(data_config(shards, size, 1, 0, reduced), "random_resized", None, 0, 0)
-    t0, w0 = cpu_s(resource.RUSAGE_SELF), time.perf_counter()
-    for raw in raws:
-        make(raw)
-    cpu, wall = cpu_s(resource.RUSAGE_SELF) - t0, time.perf_counter() - w0
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        t0, w0 = cpu_s(resource.RUSAGE_SELF), time.perf_counter()
+        for raw in raws:
+            make(raw)
+        cpu, wall = cpu_s(resource.RUSAGE_SELF) - t0, time.perf_counter() - w0
+    finally:
+        torch.set_num_threads(threads)
     return {"cpu_ms_per_sample": 1e3 * cpu / len(raws), "images_per_s": len(raws) / wall}
 
 
