@@ -63,3 +63,23 @@ def test_run_names_repeat_no_suffix():
     assert run_name_with("ft-knn", "mae", "knn", "s0") == "ft-knn-mae-s0"
     assert run_name_with("mae-s0-knn", "mae", "knn", "s0") == "mae-s0-knn"
     assert run_name_with("run", "mae", "finetune", "s1") == "run-mae-finetune-s1"
+
+
+@pytest.mark.slow
+def test_plain_accelerate_launch_after_make_setup_does_not_warn_about_the_process_count(tmp_path):
+    """`make setup` writes accelerate's default config; plain `accelerate launch`, as the README runs it,
+    then takes its process count from it (without one it warns: `--num_processes` set to 0)."""
+    import subprocess
+
+    from launching import ACCELERATE, ROOT, env
+
+    recipe = (ROOT / "Makefile").read_text().split("$(STAMP): ", 1)[1].split("\n\n", 1)[0]
+    step = next(line.split() for line in recipe.splitlines() if "accelerate config default" in line)
+    home = dict(env(), HF_HOME=str(tmp_path / "hf"))  # no default config yet, as on a new machine
+    written = subprocess.run([ACCELERATE, *step[1:]], env=home, capture_output=True, text=True, timeout=120)
+    assert written.returncode == 0 and (tmp_path / "hf/accelerate/default_config.yaml").is_file(), written.stderr
+    (tmp_path / "script.py").write_text("print('ran')\n")
+    after = subprocess.run([ACCELERATE, "launch", str(tmp_path / "script.py")], env=home, capture_output=True,
+                           text=True, timeout=120)
+    assert after.returncode == 0 and after.stdout.strip() == "ran", after.stderr
+    assert "--num_processes" not in after.stderr, after.stderr
