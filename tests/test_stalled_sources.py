@@ -51,6 +51,45 @@ def test_a_manifest_past_its_deadline_is_one_line(m3x100, limits):
             make_train_loader(f"{url}/d", batch_size=8, rank=0, world_size=1)
 
 
+@pytest.mark.parametrize("bounds, why", [
+    (ReadLimits(min_bytes_per_s=1024, stall_s=1, deadline_s=60), "stalled: less than data.read_min_bytes_per_s=1024 "
+                                                                 "B/s for data.read_stall_s=1 s"),
+    (ReadLimits(min_bytes_per_s=1, stall_s=60, deadline_s=2), "not done within data.read_deadline_s=2 s; raise "
+                                                              "it for large shards on a slow link"),
+], ids=["stall", "deadline"])
+def test_a_stalled_pipe_command_is_ended_with_one_line(m3x100, limits, bounds, why):
+    """A ``pipe:`` command that writes the first KiB of a shard, then nothing: ended (its whole process
+    group) within the bounds, one line, not retried."""
+    limits(bounds)
+    shard = m3x100 / "train-000000.tar"
+    with pytest.raises(DataError) as err:  # a URL list: its shards are counted (read) first
+        make_train_loader(f"pipe:head -c 1024 {shard} && sleep {SLEEP_MARK}", batch_size=8, rank=0, world_size=1)
+    assert str(err.value) == f"shard pipe:*** (train-000000.tar): the command was ended: {why}"
+    assert not [p for p in os.listdir("/proc") if p.isdigit() and _is_our_sleep(int(p))], "the command outlived it"
+
+
+SLEEP_MARK = 617  # a sleep of this many seconds is this test's stalled command
+
+
+def _is_our_sleep(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes() == f"sleep\0{SLEEP_MARK}\0".encode()
+    except OSError:
+        return False
+
+
+@pytest.mark.parametrize("spec, instead", [
+    ("gs://bucket/d/train-{000000..000002}.tar", "pipe:gsutil cat gs://bucket/d/train-{000000..000002}.tar"),
+    ("s3://bucket/d", "pipe:aws s3 cp s3://bucket/d/train-{000000..000009}.tar -"),
+])
+def test_a_scheme_nothing_bounds_is_refused_with_the_pipe_form_to_use(spec, instead):
+    scheme = spec.split(":")[0]
+    with pytest.raises(DataError) as err:
+        make_train_loader(spec, batch_size=8, rank=0, world_size=1)
+    assert str(err.value) == (f"cannot read {spec}: {scheme}:// is not read with bounds (a low-speed limit and a "
+                              f"deadline): use http(s):// (e.g. a signed URL) or a command per shard, {instead}")
+
+
 # ---------------------------------------------------------------- a trainer on a stalled source
 
 MAE = "configs/mnist012/mae.yaml"
