@@ -125,7 +125,8 @@ def stop(proc: subprocess.Popen, tmp_path: Path) -> tuple[int, str]:
 @pytest.mark.slow
 def test_sigterm_to_the_job_ends_a_trainer_blocked_on_a_stalled_shard(m3x100, tmp_path):
     """SIGTERM to the trainer and its DataLoader worker while the worker is blocked in a stalled transfer
-    and the trainer waits on it: every step the source allowed is saved, the run is KILLED, rc 143."""
+    and the trainer waits on it: every step the source allowed is saved, the run is KILLED, rc 143.
+    Resumed without a signal, the same stall ends the run with one line, rc 2, the run FAILED."""
     # shard 0 arrives whole (100 samples), shard 1 stalls before its first sample: the source delivers
     # 100 // BATCH = 12 batches. The trainer's last agreement point before the stall is step 10 (a
     # checkpoint), so a signal after that checkpoint can only be answered at the blocked read.
@@ -145,16 +146,31 @@ def test_sigterm_to_the_job_ends_a_trainer_blocked_on_a_stalled_shard(m3x100, tm
             if proc.poll() is None:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
+        out = (tmp_path / "log.txt").read_text()
+        assert proc.returncode == 143, out[-3000:]
+        assert "Traceback" not in out and f"stop requested while waiting for data on process 0 (step {delivered})" \
+            in out, out[-3000:]
+        assert latest_checkpoint(run).name == f"checkpoint-{delivered:08d}"  # the steps done since 10 are kept
+        [run_info] = client(tmp_path).search_runs(
+            experiment_ids=[client(tmp_path).get_experiment_by_name("mnist012").experiment_id])
+        assert run_info.info.status == "KILLED"
+        assert not (run / LOCK_FILE).exists()
+        assert not [p for p in os.listdir("/proc") if p.isdigit() and _is_our_curl(int(p))], "a transfer outlived it"
+
+        proc = trainer(url, tmp_path, "data.num_workers=1", "data.read_stall_s=1", "data.read_retries=0")
+        try:
+            proc.wait(timeout=180)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
     out = (tmp_path / "log.txt").read_text()
-    assert proc.returncode == 143, out[-3000:]
-    assert "Traceback" not in out and f"stop requested while waiting for data on process 0 (step {delivered})" in out, \
-        out[-3000:]
-    assert latest_checkpoint(run).name == f"checkpoint-{delivered:08d}"  # the steps done since 10 are kept
-    [run_info] = client(tmp_path).search_runs(
-        experiment_ids=[client(tmp_path).get_experiment_by_name("mnist012").experiment_id])
-    assert run_info.info.status == "KILLED"
-    assert not (run / LOCK_FILE).exists()
-    assert not [p for p in os.listdir("/proc") if p.isdigit() and _is_our_curl(int(p))], "a transfer outlived it"
+    assert proc.returncode == 2 and "Traceback" not in out, out[-3000:]
+    assert f"from {run / f'checkpoint-{delivered:08d}'} (step {delivered})" in out, out[-3000:]
+    errors = [line for line in out.splitlines() if line.startswith("error:")]
+    assert errors == [f"error: shard {url}/d/train-000001.tar: curl exit 28: stalled: less than "
+                      "data.read_min_bytes_per_s=1024 B/s for data.read_stall_s=1 s"], out[-3000:]
+    assert client(tmp_path).get_run(run_info.info.run_id).info.status == "FAILED"
 
 
 def _is_our_curl(pid: int) -> bool:
