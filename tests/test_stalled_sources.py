@@ -6,12 +6,13 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
 from vitssl.data import DataError, make_train_loader
-from vitssl.data.fetch import ReadLimits, configure_reads, read_limits
+from vitssl.data.fetch import CommandStream, ReadLimits, configure_reads, read_limits
 from vitssl.engine.checkpoint import COMPLETE, latest_checkpoint
 from vitssl.engine.lock import LOCK_FILE
 
@@ -66,6 +67,19 @@ def test_a_stalled_pipe_command_is_ended_with_one_line(m3x100, limits, bounds, w
         make_train_loader(f"pipe:head -c 1024 {shard} && sleep {SLEEP_MARK}", batch_size=8, rank=0, world_size=1)
     assert str(err.value) == f"shard pipe:*** (train-000000.tar): the command was ended: {why}"
     assert not [p for p in os.listdir("/proc") if p.isdigit() and _is_our_sleep(int(p))], "the command outlived it"
+
+
+def test_a_pipe_reader_busy_elsewhere_is_no_stall(m3x100):
+    """The bounds count the time the reader waits for the command, not the time it spends elsewhere (a
+    trainer saving a checkpoint): a pause far longer than read_stall_s, at a rate far below the limit."""
+    shard = m3x100 / "train-000000.tar"
+    stream = CommandStream(f"cat {shard}", ReadLimits(min_bytes_per_s=1 << 20, stall_s=3, deadline_s=60))
+    try:
+        first = stream.read(512)
+        time.sleep(4)  # busy elsewhere: 512 bytes in 4 s of wall time, 1 MiB/s asked
+        assert first + stream.read() == shard.read_bytes()
+    finally:
+        stream.close()
 
 
 SLEEP_MARK = 617  # a sleep of this many seconds is this test's stalled command

@@ -9,10 +9,10 @@ stream. A retry fetches the URL again from its start and skips what the reader a
 GET: no server has to support ranges); the manifest's sha256 still covers every byte.
 
 A ``pipe:`` command runs in its own process group, so that stopping a read early ends the whole
-command, not only its shell. Its output is watched the same way (``Watchdog``): a command that writes
-less than ``min_bytes_per_s`` over ``stall_s`` seconds, or is not done within ``deadline_s``, is ended
-and the read fails; it is not retried (only its author knows whether running it again is safe).
-Neither kind is retried when the reader stops it. Other schemes (``gs://``, ``s3://``, ...) are not
+command, not only its shell. Its output is watched the same way (``Watchdog``, on the time the reader
+waits for it): a command that writes less than ``min_bytes_per_s`` over ``stall_s`` seconds, or keeps
+the reader waiting ``deadline_s`` in all, is ended and the read fails. It is not retried: only its
+author knows whether running it again is safe. Neither kind is retried when the reader stops it. Other schemes (``gs://``, ``s3://``, ...) are not
 read: nothing would bound them; ``check_scheme`` says what to write instead.
 """
 
@@ -185,29 +185,34 @@ def stop_process(proc: subprocess.Popen) -> None:
 
 
 class Watchdog:
-    """curl's bounds for a stream curl does not read: fewer than ``min_bytes_per_s`` x ``stall_s`` bytes in
-    ``stall_s`` seconds (counted in consecutive windows: a stall is caught within 2 x ``stall_s``), or
-    still reading at ``deadline_s``, is a stall."""
+    """curl's bounds for a stream curl does not read, on the time the reader spends *waiting* for it (a
+    reader busy elsewhere, e.g. a trainer saving a checkpoint, is no stall): fewer than
+    ``min_bytes_per_s`` x ``stall_s`` bytes while it waited ``stall_s`` seconds (counted in consecutive
+    windows: a stall is caught within 2 x ``stall_s``), or ``deadline_s`` seconds of waiting in all."""
 
     def __init__(self, limits: ReadLimits):
-        self.limits, now = limits, time.monotonic()
-        self.deadline, self.window_start, self.window_bytes = now + limits.deadline_s, now, 0
+        self.limits = limits
+        self.waited = self.window_waited = 0.0
+        self.window_bytes = 0
 
     def wait_s(self) -> float:
         """How long a read may wait for the next bytes before the bounds are checked again."""
-        return max(0.0, min(self.deadline, self.window_start + self.limits.stall_s) - time.monotonic())
+        lim = self.limits
+        return max(0.0, min(lim.deadline_s - self.waited, lim.stall_s - self.window_waited))
 
-    def count(self, received: int) -> str | None:
-        """Count bytes received (0 after a wait that brought none); why the stream stalled, or None."""
-        lim, now = self.limits, time.monotonic()
+    def count(self, waited: float, received: int) -> str | None:
+        """Count a wait and the bytes it brought; why the stream stalled, or None."""
+        lim = self.limits
+        self.waited += waited
+        self.window_waited += waited
         self.window_bytes += received
-        if now >= self.deadline:
+        if self.waited >= lim.deadline_s:
             return f"not done within data.read_deadline_s={lim.deadline_s} s; raise it for large shards on a slow link"
-        if now - self.window_start >= lim.stall_s:
+        if self.window_waited >= lim.stall_s:
             if self.window_bytes < lim.min_bytes_per_s * lim.stall_s:
                 return (f"stalled: less than data.read_min_bytes_per_s={lim.min_bytes_per_s} B/s for "
                         f"data.read_stall_s={lim.stall_s} s")
-            self.window_start, self.window_bytes = now, 0
+            self.window_waited, self.window_bytes = 0.0, 0
         return None
 
 
@@ -229,7 +234,9 @@ class CommandStream:
             return b"".join(iter(lambda: self.read(1 << 20), b""))
         chunks, got = [], 0
         while got < n:
+            started = time.monotonic()
             ready, _, _ = select.select([self.fd], [], [], self.watchdog.wait_s())
+            waited = time.monotonic() - started
             data = os.read(self.fd, n - got) if ready else b""
             if ready and not data:  # the end of the output
                 status = self.proc.wait()
@@ -238,7 +245,7 @@ class CommandStream:
                 break
             chunks.append(data)
             got += len(data)
-            stalled = self.watchdog.count(len(data))
+            stalled = self.watchdog.count(waited, len(data))
             if stalled:
                 self.close()
                 raise ReadFailed(f"the command was ended: {stalled}")
