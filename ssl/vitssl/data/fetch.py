@@ -19,6 +19,7 @@ read: nothing would bound them; ``check_scheme`` says what to write instead.
 from __future__ import annotations
 
 import ctypes
+import math
 import os
 import select
 import signal
@@ -222,10 +223,12 @@ class CommandStream:
 
     def __init__(self, command: str, limits: ReadLimits | None = None):
         self.command, self.watchdog = command, Watchdog(limits or _limits)
-        # unbuffered: select() sees every byte the command wrote, none waits in a buffer it cannot see
+        # unbuffered: poll() sees every byte the command wrote, none waits in a buffer it cannot see
         self.proc = subprocess.Popen(command, shell=True, stdout=subprocess.PIPE, bufsize=0,
                                      start_new_session=True, preexec_fn=_die_with_reader)
         self.fd = self.proc.stdout.fileno()
+        self.poller = select.poll()  # not select(): no limit on the descriptor's number
+        self.poller.register(self.fd, select.POLLIN)
         self.closed = False
 
     def read(self, n: int = -1) -> bytes:
@@ -235,7 +238,7 @@ class CommandStream:
         chunks, got = [], 0
         while got < n:
             started = time.monotonic()
-            ready, _, _ = select.select([self.fd], [], [], self.watchdog.wait_s())
+            ready = self.poller.poll(math.ceil(self.watchdog.wait_s() * 1000))  # POLLIN, or POLLHUP at the end
             waited = time.monotonic() - started
             data = os.read(self.fd, n - got) if ready else b""
             if ready and not data:  # the end of the output
