@@ -15,9 +15,13 @@ TEST_JOBS ?= $(shell $(PYTHON) -c 'import os; print(min(4, len(os.sched_getaffin
 
 setup: $(STAMP)
 
+# Plain `accelerate launch` (the README's commands) reads accelerate's default config; with none it warns
+# and sets `--num_processes 0`. `accelerate config default` writes one (one process on this machine's
+# device, or every GPU) unless there is one already: it never overwrites a user's own.
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev]'
+	$(VENV)/bin/accelerate config default
 	touch $(STAMP)
 
 run: setup

@@ -36,7 +36,7 @@ def http_server(root: Path) -> Iterator[str]:
 
 STALLING_SERVER = r"""
 import http.server, os, sys, time
-root, port, stall = sys.argv[1], int(sys.argv[2]), set(sys.argv[3].split(","))
+root, port, stall, marks = sys.argv[1], int(sys.argv[2]), set(sys.argv[3].split(",")), sys.argv[4]
 
 class Handler(http.server.SimpleHTTPRequestHandler):
     def __init__(self, *args, **kwargs):
@@ -50,8 +50,10 @@ class Handler(http.server.SimpleHTTPRequestHandler):
         self.send_response(200)
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()
-        self.wfile.write(data[:1024])  # the first KiB, then nothing, the connection held open
+        self.wfile.write(data[:STALL_AFTER])  # then nothing, the connection held open
         self.wfile.flush()
+        if marks:
+            open(os.path.join(marks, name), "a").close()
         time.sleep(3600)
 
     def log_message(self, *args):
@@ -60,13 +62,19 @@ class Handler(http.server.SimpleHTTPRequestHandler):
 http.server.ThreadingHTTPServer(("127.0.0.1", port), Handler).serve_forever()
 """
 
+# bytes of a stalled file's body sent before the stall: less than one tar record (10 KiB, what
+# Python's streaming tarfile reads at a time) and less than one sample, so no sample of it arrives
+STALL_AFTER = 1024
+
 
 @contextmanager
-def stalling_http_server(root: Path, stall: list[str]) -> Iterator[str]:
-    """Serves ``root`` like ``http_server``, but the files named in ``stall`` (base names) send 1 KiB of
-    their body and then nothing, the connection held open: a source that stalls forever."""
+def stalling_http_server(root: Path, stall: list[str], marks: Path | None = None) -> Iterator[str]:
+    """Serves ``root`` like ``http_server``, but the files named in ``stall`` (base names) send their first
+    ``STALL_AFTER`` bytes and then nothing, the connection held open: a source that stalls forever. When
+    a stall begins, an empty file of that name appears in ``marks`` (a reader is blocked on it)."""
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-c", STALLING_SERVER, str(root), str(port), ",".join(stall)],
+    server = STALLING_SERVER.replace("STALL_AFTER", str(STALL_AFTER))
+    proc = subprocess.Popen([sys.executable, "-c", server, str(root), str(port), ",".join(stall), str(marks or "")],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     try:

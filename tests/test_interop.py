@@ -411,7 +411,8 @@ def test_a_pretraining_run_exports_for_timm_and_hugging_face_with_a_model_card(t
     knn = run_finetune(load_config(FinetuneConfig, "configs/mnist012/finetune.yaml",
                                    [*common, f"finetune.pretrained={run_id}", "finetune.mode=knn", "finetune.tsne=false",
                                     f"run.output_dir={tmp_path / 'knn'}"]))
-    logged = mlflow.artifacts.download_artifacts(f"runs:/{run_id}/encoder", dst_path=str(tmp_path / "dl"),
+    name = mlflow.MlflowClient(uri).get_run(run_id).info.run_name  # the logged encoder's name
+    logged = mlflow.artifacts.download_artifacts(f"runs:/{run_id}/{name}", dst_path=str(tmp_path / "dl"),
                                                  tracking_uri=uri)
     folder = Path(logged) / "extra_files"
     assert {"encoder.pt", "config.json", "model.safetensors", "README.md"} <= {p.name for p in folder.iterdir()}

@@ -20,7 +20,7 @@ from vitssl.config import load_config
 from vitssl.config.finetune import FinetuneConfig
 from vitssl.engine.pretrained import PretrainedError, build_encoder, resolve_pretrained
 from vitssl.models import encoder_export, encoder_from_export, make_encoder
-from vitssl.tracking.encoder_model import log_encoder
+from vitssl.tracking.encoder_model import log_encoder, model_name
 from vitssl.tracking.handoff import HandoffError, fetch_encoder, link_pretrained
 from vitssl.tracking.lineage import log_shard_inputs, source_tags
 from vitssl.tracking.system_metrics import SystemMetrics
@@ -57,7 +57,8 @@ def same_weights(a: dict, b: dict) -> bool:
 
 def test_every_uri_form_downloads_the_exact_export(store):
     s, rid = store, store["run_id"]
-    specs = [rid, f"runs:/{rid}", f"runs:/{rid}/encoder", f"runs:/{rid}/encoder/extra_files/encoder.pt",
+    name = s["client"].get_run(rid).info.run_name  # the logged model's name; `encoder` stands for it too
+    specs = [rid, f"runs:/{rid}", f"runs:/{rid}/encoder", f"runs:/{rid}/encoder/extra_files/encoder.pt", f"runs:/{rid}/{name}",
              s["logged"].model_uri, "models:/lineage-encoder/1", "models:/lineage-encoder@best",
              "models:/lineage-encoder/best"]
     assert s["logged"].registered_uri == "models:/lineage-encoder/1"
@@ -72,7 +73,8 @@ def test_every_uri_form_downloads_the_exact_export(store):
 def test_the_logged_model_is_a_loadable_pytorch_model_of_the_encoder(store):
     s = store
     model = s["client"].get_logged_model(s["logged"].model_id)
-    assert (model.name, model.source_run_id, model.status) == ("encoder", s["run_id"], LoggedModelStatus.READY)
+    run_name = s["client"].get_run(s["run_id"]).info.run_name
+    assert (model.name, model.source_run_id, model.status) == (run_name, s["run_id"], LoggedModelStatus.READY)
     outputs = s["client"].get_run(s["run_id"]).outputs.model_outputs
     assert [(o.model_id, o.step) for o in outputs] == [(s["logged"].model_id, 3)]
     loaded = mlflow.pytorch.load_model(model.artifact_location)  # the pt2 graph: no vitssl code needed
@@ -227,3 +229,9 @@ def test_system_metrics_switch_logs_system_metrics_only_when_on(store):
         keys = set(s["client"].get_run(run_id).data.metrics)
         assert ("system/cpu_utilization_percentage" in keys) == enabled, keys
         assert all(k.startswith("system/") for k in keys)
+
+
+def test_a_logged_encoder_takes_its_runs_name_in_characters_mlflow_allows():
+    assert model_name("mnist012-mae-s0") == "mnist012-mae-s0"
+    assert model_name("lr1.5e-3/a:b") == "lr1-5e-3-a-b"  # MLflow refuses / : . % and quotes in a model's name
+    assert model_name(None) == "encoder"

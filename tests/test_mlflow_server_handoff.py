@@ -79,7 +79,7 @@ def test_pretrain_here_fine_tune_elsewhere_through_the_server_alone(mnist012, tm
         mlc = mlflow.MlflowClient(url)
         run = mlc.get_run(pre_id)
         model_id = run.outputs.model_outputs[0].model_id
-        assert mlc.get_logged_model(model_id).name == "encoder"
+        assert mlc.get_logged_model(model_id).name == run.info.run_name
         assert mlc.get_model_version("xm-mae", "1").source == f"models:/{model_id}"
         manifest = json.loads((mnist012 / "manifest.json").read_text())
         digests = {i.tags[0].value: i.dataset.digest for i in run.inputs.dataset_inputs}

@@ -3,6 +3,8 @@ objective is one error line, experiments open as model training in MLflow 3's UI
 carry the data's name."""
 from __future__ import annotations
 
+import json
+
 import mlflow
 import pytest
 import yaml
@@ -63,3 +65,52 @@ def test_run_names_repeat_no_suffix():
     assert run_name_with("ft-knn", "mae", "knn", "s0") == "ft-knn-mae-s0"
     assert run_name_with("mae-s0-knn", "mae", "knn", "s0") == "mae-s0-knn"
     assert run_name_with("run", "mae", "finetune", "s1") == "run-mae-finetune-s1"
+
+
+@pytest.mark.slow
+def test_plain_accelerate_launch_after_make_setup_does_not_warn_about_the_process_count(tmp_path):
+    """`make setup` writes accelerate's default config; plain `accelerate launch`, as the README runs it,
+    then takes its process count from it (without one it warns: `--num_processes` set to 0)."""
+    import subprocess
+
+    from launching import ACCELERATE, ROOT, env
+
+    recipe = (ROOT / "Makefile").read_text().split("$(STAMP): ", 1)[1].split("\n\n", 1)[0]
+    step = next(line.split() for line in recipe.splitlines() if "accelerate config default" in line)
+    home = dict(env(), HF_HOME=str(tmp_path / "hf"))  # no default config yet, as on a new machine
+    written = subprocess.run([ACCELERATE, *step[1:]], env=home, capture_output=True, text=True, timeout=120)
+    assert written.returncode == 0 and (tmp_path / "hf/accelerate/default_config.yaml").is_file(), written.stderr
+    (tmp_path / "script.py").write_text("print('ran')\n")
+    after = subprocess.run([ACCELERATE, "launch", str(tmp_path / "script.py")], env=home, capture_output=True,
+                           text=True, timeout=120)
+    assert after.returncode == 0 and after.stdout.strip() == "ran", after.stderr
+    assert "--num_processes" not in after.stderr, after.stderr
+
+
+def test_study_stage_run_names_carry_each_part_once(tmp_path):
+    """The names the study's fine-tune, linear and kNN stages get in MLflow: the stage's own name
+    (``mae-s0-knn``, ``scratch-s0-finetune``, ``mae-extra-s0-linear``), nothing repeated, nothing added."""
+    from vitssl.config import load_config
+    from vitssl.config.finetune import FinetuneConfig
+    from vitssl.engine.finetune import finetune_run_name
+    from vitssl.study import stages
+    from vitssl.study.plan import StudyOptions, build_jobs
+
+    shard = {"name": "train-000000.tar", "count": 300, "bytes": 1, "sha256": "0" * 64}  # counts are all it reads
+    splits = {split: {"count": 300, "shards": [shard | {"name": f"{split}-000000.tar"}]}
+              for split in ("train", "test", "unlabeled")}
+    (tmp_path / "manifest.json").write_text(json.dumps({"splits": splits}))
+    opts = StudyOptions(objectives=["scratch", "mae"], seeds=[0, 1], shards=str(tmp_path), out=str(tmp_path),
+                        extra_data=True, pixel_baselines=False)
+    jobs = build_jobs(opts, tmp_path, [f"data.shards={tmp_path}"], ["test"], "sqlite:///x.db", "parent")
+    names = []
+    for job in jobs:
+        if job.fn is not stages.finetune:
+            continue  # a pretraining: run.name is the stage's tag as given
+        cfg = load_config(FinetuneConfig, job.kwargs["config"], job.kwargs["overrides"])
+        objective = job.name.split("-")[0]  # what the encoder's export says for the study's own pretrainings
+        names.append(finetune_run_name(cfg, "none" if objective == "scratch" else objective))
+    assert len(names) == 2 * (1 + 2) * 3  # seeds x (scratch, mae, mae on extra data) x modes
+    assert "mae-s0-knn" in names and "scratch-s1-finetune" in names and "mae-extra-s0-linear" in names
+    assert all(len(name.split("-")) == len(set(name.split("-"))) for name in names), names
+    assert len(set(names)) == len(names)

@@ -26,6 +26,7 @@ def test_two_processes_match_one_process_with_the_same_global_batch(mnist012, tm
                                               "optim.lr=1e-3"]
     one = launch("pretrain.py", MAE, base + ["data.batch_size=16", "run.output_dir=" + str(tmp_path / "one")],
                  tmp_path, nproc=1)
+    assert "stopping at step 4 (run.max_steps)" in one.stdout  # the start line says when the run ends
     two = launch("pretrain.py", MAE, base + ["data.batch_size=8", "run.output_dir=" + str(tmp_path / "two")],
                  tmp_path, nproc=2)
     mlc = client(tmp_path)

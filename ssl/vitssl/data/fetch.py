@@ -1,4 +1,5 @@
-"""Remote bytes with bounds: every http(s) read has a low-speed limit and a deadline, and is retried.
+"""Remote bytes with bounds: every http(s) read and every ``pipe:`` command has a low-speed limit and a
+deadline; http(s) reads are retried.
 
 curl fetches; it aborts a transfer slower than ``min_bytes_per_s`` for ``stall_s`` seconds (a server
 that stops sending mid-body) and every transfer of one URL together gets ``deadline_s`` seconds.
@@ -8,21 +9,29 @@ stream. A retry fetches the URL again from its start and skips what the reader a
 GET: no server has to support ranges); the manifest's sha256 still covers every byte.
 
 A ``pipe:`` command runs in its own process group, so that stopping a read early ends the whole
-command, not only its shell. Neither kind is retried when the reader stops it.
+command, not only its shell. Its output is watched the same way (``Watchdog``, on the time the reader
+waits for it): a command that writes less than ``min_bytes_per_s`` over ``stall_s`` seconds, or keeps
+the reader waiting ``deadline_s`` in all, is ended and the read fails. It is not retried: only its
+author knows whether running it again is safe. Neither kind is retried when the reader stops it. Other schemes (``gs://``, ``s3://``, ...) are not
+read: nothing would bound them; ``check_scheme`` says what to write instead.
 """
 
 from __future__ import annotations
 
 import ctypes
+import math
 import os
+import select
 import signal
 import subprocess
 import sys
 import time
 from dataclasses import dataclass
 from typing import BinaryIO
+from urllib.parse import urlparse
 
 from vitssl.data.manifest import DataError
+from vitssl.data.shard import local_path
 from vitssl.redaction import redact_spec
 
 # curl(1) "EXIT CODES", for the one error line.
@@ -176,27 +185,97 @@ def stop_process(proc: subprocess.Popen) -> None:
     proc.wait()
 
 
-class CommandStream:
-    """The standard output of a ``pipe:`` command (run by the shell, in its own process group)."""
+class Watchdog:
+    """curl's bounds for a stream curl does not read, on the time the reader spends *waiting* for it (a
+    reader busy elsewhere, e.g. a trainer saving a checkpoint, is no stall): fewer than
+    ``min_bytes_per_s`` x ``stall_s`` bytes while it waited ``stall_s`` seconds (counted in consecutive
+    windows: a stall is caught within 2 x ``stall_s``), or ``deadline_s`` seconds of waiting in all."""
 
-    def __init__(self, command: str):
-        self.command = command
-        self.proc = subprocess.Popen(command, shell=True, stdout=subprocess.PIPE, bufsize=1 << 16,
+    def __init__(self, limits: ReadLimits):
+        self.limits = limits
+        self.waited = self.window_waited = 0.0
+        self.window_bytes = 0
+
+    def wait_s(self) -> float:
+        """How long a read may wait for the next bytes before the bounds are checked again."""
+        lim = self.limits
+        return max(0.0, min(lim.deadline_s - self.waited, lim.stall_s - self.window_waited))
+
+    def count(self, waited: float, received: int) -> str | None:
+        """Count a wait and the bytes it brought; why the stream stalled, or None."""
+        lim = self.limits
+        self.waited += waited
+        self.window_waited += waited
+        self.window_bytes += received
+        if self.waited >= lim.deadline_s:
+            return f"not done within data.read_deadline_s={lim.deadline_s} s; raise it for large shards on a slow link"
+        if self.window_waited >= lim.stall_s:
+            if self.window_bytes < lim.min_bytes_per_s * lim.stall_s:
+                return (f"stalled: less than data.read_min_bytes_per_s={lim.min_bytes_per_s} B/s for "
+                        f"data.read_stall_s={lim.stall_s} s")
+            self.window_waited, self.window_bytes = 0.0, 0
+        return None
+
+
+class CommandStream:
+    """The standard output of a ``pipe:`` command (run by the shell, in its own process group), read
+    within the bounds of ``Watchdog``."""
+
+    def __init__(self, command: str, limits: ReadLimits | None = None):
+        self.command, self.watchdog = command, Watchdog(limits or _limits)
+        # unbuffered: poll() sees every byte the command wrote, none waits in a buffer it cannot see
+        self.proc = subprocess.Popen(command, shell=True, stdout=subprocess.PIPE, bufsize=0,
                                      start_new_session=True, preexec_fn=_die_with_reader)
+        self.fd = self.proc.stdout.fileno()
+        self.poller = select.poll()  # not select(): no limit on the descriptor's number
+        self.poller.register(self.fd, select.POLLIN)
         self.closed = False
 
     def read(self, n: int = -1) -> bytes:
-        data = self.proc.stdout.read(n)
-        if not data or (n is None or n < 0):
-            status = self.proc.wait()
-            if status not in (0, 141, -signal.SIGPIPE):  # 141: the reader stopped early (SIGPIPE)
-                raise ReadFailed(f"the command exited with status {status}")
-        return data
+        """Up to ``n`` bytes (all that is left for n < 0), fewer only at the end of the output."""
+        if n is None or n < 0:
+            return b"".join(iter(lambda: self.read(1 << 20), b""))
+        chunks, got = [], 0
+        while got < n:
+            started = time.monotonic()
+            ready = self.poller.poll(math.ceil(self.watchdog.wait_s() * 1000))  # POLLIN, or POLLHUP at the end
+            waited = time.monotonic() - started
+            data = os.read(self.fd, n - got) if ready else b""
+            if ready and not data:  # the end of the output
+                status = self.proc.wait()
+                if status not in (0, 141, -signal.SIGPIPE):  # 141: the reader stopped early (SIGPIPE)
+                    raise ReadFailed(f"the command exited with status {status}")
+                break
+            chunks.append(data)
+            got += len(data)
+            stalled = self.watchdog.count(waited, len(data))
+            if stalled:
+                self.close()
+                raise ReadFailed(f"the command was ended: {stalled}")
+        return b"".join(chunks)
 
     def close(self) -> None:
         if not self.closed:
             self.closed = True
             stop_process(self.proc)
+
+
+# what to write instead of a scheme that is not read here (its own client in a pipe: command)
+PIPE_FOR = {"gs": "pipe:gsutil cat {url}", "s3": "pipe:aws s3 cp {url} -"}
+
+
+def check_scheme(url: str) -> None:
+    """One DataError for a URL that is neither local, http(s) nor ``pipe:``: webdataset would open
+    ``gs://``, ``s3://``, ``sftp://``, ... through clients of its own with no low-speed limit or
+    deadline, so a stalled source would hang training again."""
+    if local_path(url) is not None or is_http(url) or url.startswith("pipe:"):
+        return
+    scheme = urlparse(url).scheme.lower()
+    shown = redact_spec(url)
+    shards = shown if ".tar" in shown else f"{shown.rstrip('/')}/train-{{000000..000009}}.tar"  # a base: its shards
+    instead = PIPE_FOR.get(scheme, "pipe:<a command that writes {url} to stdout>").format(url=shards)
+    raise DataError(f"cannot read {shown}: {scheme}:// is not read with bounds (a low-speed limit and a deadline): "
+                    f"use http(s):// (e.g. a signed URL) or a command per shard, {instead}")
 
 
 def open_stream(url: str) -> BinaryIO:
@@ -205,4 +284,5 @@ def open_stream(url: str) -> BinaryIO:
         return CurlStream(url)
     if url.startswith("pipe:"):
         return CommandStream(url[len("pipe:"):])
+    check_scheme(url)
     raise DataError(f"cannot open {redact_spec(url)}: use a local path, file://, http(s):// or pipe:")

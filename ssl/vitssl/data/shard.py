@@ -13,7 +13,7 @@ from urllib.request import url2pathname
 
 @dataclass(frozen=True)
 class Shard:
-    url: str  # a local path, or anything webdataset.gopen opens
+    url: str  # a local path, file://, http(s):// or a pipe: command
     count: int
     bytes: int | None = None  # None: not known (a URL list counted by reading)
     sha256: str | None = None

@@ -29,6 +29,7 @@ from vitssl.data.options import DataConfig
 from vitssl.data.samples import SampleMaker, Transform, decode_raw, to_float
 from vitssl.data.sources import Shard, local_path, split_shards
 from vitssl.data.tar_stream import read_shard, sample_offsets
+from vitssl.data.worker_signals import keep_inherited_sigterm
 
 # ---------------------------------------------------------------- decoded-image cache
 
@@ -219,7 +220,8 @@ class TrainLoader:
             self._dataset.buffers = buffer_flags(self.num_workers)  # fresh workers, fresh buffers: every epoch
             reader = BufferReader(self._dataset.buffers)
             parts = iter(DataLoader(self._dataset, batch_size=None, num_workers=self.num_workers,
-                                    collate_fn=_identity, prefetch_factor=4))
+                                    collate_fn=_identity, prefetch_factor=4,
+                                    worker_init_fn=keep_inherited_sigterm))
         batches = assemble(parts, self.steps_done * self.grad_accum, self.steps_per_epoch * self.grad_accum,
                            self.batch_size, self.pin_memory, reader)
         return map(float_images, batches) if self.float_pixels else batches

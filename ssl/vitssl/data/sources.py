@@ -3,7 +3,8 @@
 - a local folder holding ``manifest.json`` (what ``python -m data_prep`` writes);
 - a base URL holding ``manifest.json``: ``http(s)://host/mnist012``, ``file:///data/mnist012``;
 - explicit shard URLs, brace-expanded: ``http://host/d/train-{000000..000009}.tar``,
-  ``pipe:aws s3 cp s3://bucket/d/train-{000000..000009}.tar -``. A URL list carries no counts: they
+  ``pipe:aws s3 cp s3://bucket/d/train-{000000..000009}.tar -``. Other schemes (``gs://``, ``s3://``)
+  are refused with the ``pipe:`` form to use instead (``fetch.check_scheme``). A URL list carries no counts: they
   are counted by one read of every shard per process (``python -m data_prep index`` writes a
   manifest once instead). The split is picked from the shard names (``<split>-NNNNNN.tar``).
 
@@ -22,6 +23,7 @@ from urllib.parse import urlparse, urlsplit, urlunsplit
 
 import braceexpand
 
+from vitssl.data.fetch import check_scheme
 from vitssl.data.manifest import DataError, check_manifest, load_manifest, split_info, verify_split
 from vitssl.data.shard import Shard, local_path
 from vitssl.data.tar_stream import read_url, scan_shard
@@ -48,6 +50,7 @@ def _join(base: str, name: str) -> str:
 
 
 def _remote_manifest(base: str) -> dict:
+    check_scheme(base)  # before the read: its error would only say "no manifest.json"
     url = _join(base, "manifest.json")
     try:
         text = read_url(url)
@@ -84,6 +87,8 @@ def split_shards(spec: str | Path, split: str, check_sha: bool = True) -> list[S
     """The shards of ``split`` in manifest (or URL-list) order, with their counts."""
     spec = str(spec)
     if is_url_list(spec):
+        for pattern in spec.split("::"):
+            check_scheme(pattern)
         urls = expand(spec)
         chosen = [u for u in urls if split_of(u) == split]
         if not chosen:

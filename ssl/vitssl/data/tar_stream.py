@@ -1,8 +1,8 @@
-"""Samples of one shard, from a local file or any URL ``webdataset.gopen`` opens.
+"""Samples of one shard, from a local file, an http(s) URL or a ``pipe:`` command.
 
 Remote shards (``http(s)://``, ``pipe:``) are opened by ``fetch`` (curl with a low-speed limit, a
-deadline and retries; a command in its own process group) and read by webdataset's tar iterator
-(Python's streaming tarfile: ustar, PAX and GNU headers alike). A read that covers the end of a
+deadline and retries; a command in its own process group, watched with the same bounds) and read by
+webdataset's tar iterator (Python's streaming tarfile: ustar, PAX and GNU headers alike). A read that covers the end of a
 remote shard goes on to its last byte, so the number of samples, the size and the sha256 are
 checked against the manifest from the bytes that stream past: a shard that holds more or other
 samples than its manifest is an error, never a short epoch, and nothing is downloaded twice.
@@ -19,10 +19,9 @@ import os
 import tarfile
 from typing import BinaryIO, Callable, Iterator
 
-import webdataset as wds
 from webdataset.tariterators import base_plus_ext, tar_file_iterator
 
-from vitssl.data.fetch import ReadFailed, is_http, open_stream
+from vitssl.data.fetch import ReadFailed, open_stream
 from vitssl.data.manifest import DataError, file_sha256
 from vitssl.data.shard import Shard, local_path
 from vitssl.redaction import redact_spec
@@ -33,13 +32,8 @@ _OFFSETS: dict[tuple[str, int, int], list[int]] = {}
 
 
 def open_url(url: str) -> BinaryIO:
-    """A readable stream of a remote or ``pipe:`` URL (see ``fetch``); other schemes through webdataset."""
-    if is_http(url) or url.startswith("pipe:"):
-        return open_stream(url)
-    try:
-        return wds.gopen(url, "rb")
-    except (OSError, ValueError) as err:
-        raise DataError(f"cannot open {redact_spec(url)}: {type(err).__name__}") from None
+    """A readable stream of an http(s) or ``pipe:`` URL, bounded (see ``fetch``); other schemes are refused."""
+    return open_stream(url)
 
 
 def _close(stream: BinaryIO | None) -> None:
@@ -54,10 +48,11 @@ def _close(stream: BinaryIO | None) -> None:
 
 def explain(url: str, err: BaseException) -> str:
     """What went wrong reading ``url``, in words (never the URL itself: the caller names it redacted)."""
+    said = str(err).split(" @ ")[0]  # webdataset's tar iterator appends " @ <the stream object>"
     if isinstance(err, ReadFailed):
-        return str(err)
+        return said
     if isinstance(err, (tarfile.TarError, EOFError)):
-        return f"not a complete tar stream ({str(err).split(' @ ')[0]})"
+        return f"not a complete tar stream ({said})"
     return f"{type(err).__name__}: {redact_spec(str(err))}"
 
 

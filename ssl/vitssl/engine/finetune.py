@@ -61,6 +61,13 @@ def set_drop_path(encoder: torch.nn.Module, rate: float) -> None:
     encoder.set_drop_path(rate)
 
 
+def finetune_run_name(cfg: FinetuneConfig, objective: str) -> str:
+    """``run.run_name``, else ``run.name`` and what it does not say yet: the encoder's objective (``scratch``
+    for none), the mode, the seed (``ft`` -> ``ft-mae-knn-s0``; the study's ``mae-s0-knn`` stays as it is)."""
+    parts = ("scratch" if objective == "none" else objective, cfg.finetune.mode, f"s{cfg.run.seed}")
+    return cfg.run.run_name or run_name_with(cfg.run.name, *parts)
+
+
 def run_finetune(cfg: FinetuneConfig) -> FinetuneResult:
     ft = cfg.finetune
     if cfg.model.init != "none":
@@ -74,7 +81,7 @@ def run_finetune(cfg: FinetuneConfig) -> FinetuneResult:
     experiment = cfg.run.experiment
     if "experiment" not in cfg.run.model_fields_set and pretrained.experiment:
         experiment = pretrained.experiment  # beside the pretraining run unless run.experiment says otherwise
-    name = cfg.run.run_name or run_name_with(cfg.run.name, str(pretrained.objective), ft.mode, f"s{cfg.run.seed}")
+    name = finetune_run_name(cfg, str(pretrained.objective))
     with RunSession(cfg, experiment, name, run_tags(cfg, pretrained)) as run:
         run.inputs = [("training", cfg.data.split)] + [("evaluation", split) for split in ft.splits(cfg.data)]
         if pretrained.handoff is not None:  # the run records the exact logged model it consumed

@@ -82,7 +82,8 @@ def die_with_launcher() -> None:
 # A forked DataLoader worker keeps reading on a signal (a scheduler signals the whole process group;
 # the trainer still needs batches up to its next agreement point) until the trainer gives up on a
 # blocked read: then the trainer signals its workers, they raise Interrupted, their readers end the
-# transfers and they exit. Further signals after the first only set the flag: the save and the
+# transfers and they exit. (torch replaces a worker's SIGTERM handler with one that dies at once;
+# ``vitssl.data.worker_signals`` puts this one back.) Further signals after the first only set the flag: the save and the
 # run status are not cut short. Another signal with its own meaning (e.g. checkpoint-and-go-on) can
 # be added next to STOP_SIGNALS with a handler of its own.
 

@@ -46,6 +46,6 @@ def run_pretrain(cfg: PretrainConfig) -> FitResult:
                 export = torch.load(result.checkpoint / ENCODER_FILE, map_location="cpu", weights_only=True)
                 logged = log_encoder(run.tracker.tracking_uri, result.state.mlflow_run_id, export,
                                      step=result.state.step, register_as=cfg.run.register_as)
-                run.accelerator.print(f"encoder: runs:/{result.state.mlflow_run_id}/encoder = {logged.model_uri}"
+                run.accelerator.print(f"encoder: runs:/{result.state.mlflow_run_id}/{logged.name} = {logged.model_uri}"
                                       + (f" = {logged.registered_uri}" if logged.registered_uri else ""))
     return result

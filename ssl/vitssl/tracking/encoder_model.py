@@ -1,6 +1,7 @@
 """The pretrained encoder as an MLflow 3 logged model: what a fine-tune job on any machine downloads.
 
-The logged model `encoder` (a child of the pretraining run, `models:/<model_id>`) holds
+The logged model (a child of the pretraining run, `models:/<model_id>`), named after the run so that
+MLflow's model lists tell the encoders apart (`runs:/<run_id>/<run name>`), holds
 - an `mlflow.pytorch` model with a tensor signature: `mlflow.pytorch.load_model(uri)` gives the
   nn.Module back (vitssl must be importable), and
 - `extra_files/encoder.pt`, the plain-data export (arch, options, input size, fp32 state dict) that vitssl's
@@ -9,9 +10,13 @@ The logged model `encoder` (a child of the pretraining run, `models:/<model_id>`
   `mlflow artifacts download` gives is one `timm.create_model("local-dir:<folder>", pretrained=True)`
   loads without vitssl (for encoders timm has an equivalent of).
 With `register_as`, the model also becomes the next version of that registered model.
+
+In `finetune.pretrained`, `runs:/<run_id>/encoder` names the run's encoder whatever the model's name
+(``vitssl.tracking.handoff``; a model named `encoder` is taken first, as runs logged them so before).
 """
 from __future__ import annotations
 
+import re
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +25,7 @@ import torch
 
 from vitssl.models import Encoder, arch_of, encoder_from_export
 
-MODEL_NAME = "encoder"  # runs:/<run_id>/encoder resolves to it
+MODEL_NAME = "encoder"  # in finetune.pretrained, runs:/<run_id>/encoder: the run's encoder, whatever its name
 EXPORT_FILE = "encoder.pt"
 EXPORT_IN_MODEL = f"extra_files/{EXPORT_FILE}"
 MODEL_TYPE = "vitssl-encoder"
@@ -30,7 +35,14 @@ MODEL_TYPE = "vitssl-encoder"
 class LoggedEncoder:
     model_uri: str  # models:/<model_id>
     model_id: str
+    name: str  # the run's name: runs:/<run_id>/<name> is the model in MLflow's own tools
     registered_uri: str | None = None  # models:/<name>/<version> when registered
+
+
+def model_name(run_name: str | None) -> str:
+    """The run's name as a logged model's name: MLflow refuses / : . % and quotes in one."""
+    name = re.sub(r"[/:.%\"']", "-", run_name or "")
+    return name or MODEL_NAME
 
 
 def fp32_export(export: dict) -> dict:
@@ -63,7 +75,7 @@ def timm_files(export: dict, folder: Path, tracking_uri: str, run_id: str) -> li
 
 def log_encoder(tracking_uri: str, run_id: str, export: dict, step: int, register_as: str | None = None,
                 tags: dict[str, str] | None = None) -> LoggedEncoder:
-    """Log `export` as the run's `encoder` model (and register it as `register_as`)."""
+    """Log `export` as the run's encoder model, named after the run (and register it as `register_as`)."""
     import mlflow
     from mlflow.models import infer_signature
 
@@ -75,11 +87,12 @@ def log_encoder(tracking_uri: str, run_id: str, export: dict, step: int, registe
     with torch.no_grad():
         signature = infer_signature(x.numpy(), encoder(x).numpy())
     mlflow.set_tracking_uri(tracking_uri)  # log_model and register_model use the global URI
-    # Created here so the model lands in the run's experiment (where runs:/<run_id>/encoder looks for
+    run = mlflow.MlflowClient().get_run(run_id)
+    name = model_name(run.info.run_name)
+    # Created here so the model lands in the run's experiment (where runs:/<run_id>/<name> looks for
     # it), not in whichever experiment the fluent API considers active.
     model = mlflow.initialize_logged_model(
-        name=MODEL_NAME, source_run_id=run_id, model_type=MODEL_TYPE,
-        experiment_id=mlflow.MlflowClient().get_run(run_id).info.experiment_id,
+        name=name, source_run_id=run_id, model_type=MODEL_TYPE, experiment_id=run.info.experiment_id,
         tags={"vitssl.arch": arch_of(encoder), "vitssl.objective": str(export.get("objective")),
               **(tags or {})})
     with tempfile.TemporaryDirectory() as tmp:
@@ -87,11 +100,11 @@ def log_encoder(tracking_uri: str, run_id: str, export: dict, step: int, registe
         torch.save(export, path)
         extra = [str(path)] + timm_files(export, Path(tmp) / "timm", tracking_uri, run_id)
         info = mlflow.pytorch.log_model(
-            encoder, name=MODEL_NAME, model_id=model.model_id, run_id=run_id, step=step, signature=signature,
+            encoder, name=name, model_id=model.model_id, run_id=run_id, step=step, signature=signature,
             input_example=x, extra_files=extra,  # the example lets the default pt2 format trace it
             # given explicitly: inferring them re-imports the model in a subprocess (slow, and may fail)
             pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
             registered_model_name=register_as, await_registration_for=60)
     registered = (f"models:/{register_as}/{info.registered_model_version}"
                   if register_as and info.registered_model_version else None)
-    return LoggedEncoder(info.model_uri, info.model_id, registered)
+    return LoggedEncoder(info.model_uri, info.model_id, name, registered)

@@ -4,7 +4,8 @@ Everything goes through the tracking server's API and `mlflow.artifacts.download
 through a local path recorded in a tag, so pretraining and fine-tuning may run on machines that
 share nothing but the tracking URL (with a server that proxies artifacts: `--artifacts-destination`).
 
-    runs:/<run_id>             the run's `encoder` logged model
+    runs:/<run_id>             the same as runs:/<run_id>/encoder
+    runs:/<run_id>/encoder     the run's model named `encoder`, else its newest vitssl encoder (named after the run)
     runs:/<run_id>/<path>      a model or artifact path of that run: a folder holding encoder.pt, or the file
     <run_id>                   the same as runs:/<run_id>
     models:/<name>/<version>   a registered version; models:/<name>@<alias> (or /<alias>) an alias
@@ -26,7 +27,7 @@ import torch
 
 from vitssl.config import ConfigError
 from vitssl.messages import first_line
-from vitssl.tracking.encoder_model import EXPORT_FILE, EXPORT_IN_MODEL, MODEL_NAME
+from vitssl.tracking.encoder_model import EXPORT_FILE, EXPORT_IN_MODEL, MODEL_NAME, MODEL_TYPE
 
 RUN_ID = re.compile(r"^[0-9a-f]{32}$")
 PRETRAINED_URI_TAG = "vitssl.pretrained_uri"
@@ -105,9 +106,7 @@ def _locate(client, uri: str) -> tuple[str | None, str | None, str]:
         run_id, _, path = uri[len("runs:/"):].partition("/")
         run = client.get_run(run_id)
         name, _, rest = path.partition("/")
-        model = next((m for m in client.search_logged_models(
-            experiment_ids=[run.info.experiment_id], filter_string=f"name = '{name}'")
-            if m.source_run_id == run_id), None)
+        model = _run_model(client, run, name)
         if model is None:
             return run_id, None, f"{run.info.artifact_uri}/{path}"
         return run_id, model.model_id, model.artifact_location + (f"/{rest}" if rest else "")
@@ -123,6 +122,19 @@ def _locate(client, uri: str) -> tuple[str | None, str | None, str]:
         ref = model_id
     model = client.get_logged_model(ref)
     return model.source_run_id, model.model_id, model.artifact_location
+
+
+def _run_model(client, run, name: str):
+    """The newest logged model ``name`` of ``run``; failing that, for ``encoder``, the run's newest vitssl
+    encoder whatever its name (encoders are named after their run; a model named ``encoder`` first)."""
+    kinds = [f"name = '{name}'"] + ([f"model_type = '{MODEL_TYPE}'"] if name == MODEL_NAME else [])
+    for kind in kinds:
+        found = client.search_logged_models(
+            experiment_ids=[run.info.experiment_id], filter_string=f"{kind} AND source_run_id = '{run.info.run_id}'",
+            order_by=[{"field_name": "creation_timestamp", "ascending": False}], max_results=1)
+        if found:
+            return found[0]
+    return None
 
 
 def _read_export(downloaded: Path, spec: str, uri: str) -> dict:
