@@ -17,7 +17,8 @@ Photo-like JPEGs of 500x375 (random crops of scikit-learn's sample photographs, 
   index, forking the workers: once per epoch; joining them at the end is not counted either);
   ``worker_cpu_ms_per_sample``: the workers' (RUSAGE_CHILDREN once they are joined);
   ``vs_2x_one_thread``: images/s over twice the one-thread decode+crop rate (wall, so a loaded machine
-  lowers it); ``cpu_efficiency``: one-thread decode+crop CPU per sample over the workers' CPU per
+  lowers it); ``steady_vs_2x_one_thread``: the same from the first batch to the last (without the
+  workers' start, which a long epoch amortises); ``cpu_efficiency``: one-thread decode+crop CPU per sample over the workers' CPU per
   sample (how much of the workers' CPU is the decode and crop itself).
 """
 from __future__ import annotations
@@ -76,13 +77,14 @@ def loader_epoch(shards: Path, size: int, batch_size: int, workers: int, epoch: 
     loader = TrainLoader(data_config(shards, size, batch_size, workers), epoch=epoch, float_pixels=False)
     batches = iter(loader)
     first = len(next(batches)["index"])
-    main0 = cpu_s(resource.RUSAGE_SELF)  # from the first batch to the last: the per-batch work
+    main0, first_at = cpu_s(resource.RUSAGE_SELF), time.perf_counter()  # from the first batch to the last
     rest = sum(len(next(batches)["index"]) for _ in range(len(loader) - 1))
-    main = cpu_s(resource.RUSAGE_SELF) - main0
+    main, last_at = cpu_s(resource.RUSAGE_SELF) - main0, time.perf_counter()
     assert next(batches, None) is None  # ends the epoch: the workers exit and are joined
     wall, kids = time.perf_counter() - w0, cpu_s(resource.RUSAGE_CHILDREN) - kids0
     n = first + rest
-    return {"images_per_s": n / wall, "main_cpu_ms_per_sample": 1e3 * main / rest,
+    return {"images_per_s": n / wall, "steady_images_per_s": rest / (last_at - first_at),
+            "main_cpu_ms_per_sample": 1e3 * main / rest,
             "epoch_start_main_cpu_ms": 1e3 * (main0 - start0),
             "worker_cpu_ms_per_sample": 1e3 * kids / n if workers else None, "samples": n}
 
@@ -92,30 +94,39 @@ def median_of(runs: list[dict]) -> dict:
 
 
 def photo_cases(shards: Path, sizes: list[int], batch_size: int, workers: int, rounds: int) -> list[dict]:
+    """Per size, ``rounds`` rounds of (one-thread reduced, one-thread full, one loader epoch) back to back:
+    each ratio is taken within its round, so a machine whose speed drifts between rounds (a shared or
+    frequency-scaled one) does not skew it; every figure is the median over the rounds."""
     rows = []
     for size in sizes:
-        thread = median_of([one_thread(shards, size, True, 256) for _ in range(rounds)])
-        full = median_of([one_thread(shards, size, False, 256) for _ in range(rounds)])
-        loader = median_of([loader_epoch(shards, size, batch_size, workers, e) for e in range(rounds)])
+        rounds_seen = []
+        for e in range(rounds):
+            thread, full = one_thread(shards, size, True, 256), one_thread(shards, size, False, 256)
+            loader = loader_epoch(shards, size, batch_size, workers, e)
+            rounds_seen.append({"thread": thread, "full": full, "loader": {
+                **loader, "vs_2x_one_thread": loader["images_per_s"] / (workers * full["images_per_s"]),
+                "steady_vs_2x_one_thread": loader["steady_images_per_s"] / (workers * full["images_per_s"]),
+                "cpu_efficiency": full["cpu_ms_per_sample"] / loader["worker_cpu_ms_per_sample"]}})
+        thread, full, loader = (median_of([r[k] for r in rounds_seen]) for k in ("thread", "full", "loader"))
         rows.append({"case": "decode+crop, 1 thread, reduced-scale decode", "image_size": size, "workers": 0,
                      "images_per_s": thread["images_per_s"], "main_cpu_ms_per_sample": thread["cpu_ms_per_sample"]})
         rows.append({"case": "decode+crop, 1 thread, full decode", "image_size": size, "workers": 0,
                      "images_per_s": full["images_per_s"], "main_cpu_ms_per_sample": full["cpu_ms_per_sample"]})
         rows.append({"case": f"TrainLoader, {workers} workers", "image_size": size, "workers": workers,
-                     "batch_size": batch_size, **loader,
-                     "vs_2x_one_thread": loader["images_per_s"] / (workers * full["images_per_s"]),
-                     "cpu_efficiency": full["cpu_ms_per_sample"] / loader["worker_cpu_ms_per_sample"]})
+                     "batch_size": batch_size, **loader})
     return rows
 
 
 def photo_table(rows: list[dict]) -> list[str]:
     out = ["| case | px | images/s | main CPU ms/sample | main CPU ms at epoch start | worker CPU ms/sample | "
-           "vs 2 x 1-thread rate (wall) | CPU efficiency |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
+           "vs 2 x 1-thread rate (wall) | same, first to last batch | CPU efficiency |",
+           "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         worker = r.get("worker_cpu_ms_per_sample")
-        ratio, eff = r.get("vs_2x_one_thread"), r.get("cpu_efficiency")
+        ratio, eff, steady = r.get("vs_2x_one_thread"), r.get("cpu_efficiency"), r.get("steady_vs_2x_one_thread")
         out.append(f"| {r['case']} | {r['image_size']} | {r['images_per_s']:,.0f} | "
                    f"{r['main_cpu_ms_per_sample']:.4f} | {r.get('epoch_start_main_cpu_ms', 0):.0f} | "
                    f"{'' if worker is None else f'{worker:.3f}'} | "
-                   f"{'' if ratio is None else f'**{ratio:.2f}**'} | {'' if eff is None else f'{eff:.2f}'} |")
+                   f"{'' if ratio is None else f'**{ratio:.2f}**'} | {'' if steady is None else f'{steady:.2f}'} | "
+                   f"{'' if eff is None else f'{eff:.2f}'} |")
     return out
