@@ -202,7 +202,7 @@ def report_photos(args, load: float) -> None:
     for row in rows:
         print(json.dumps(row | {"load_1min_at_start": load}))
     photos = "\n".join([
-        "Command: `python benchmarks/bench_loader.py --photos-only` (`--json`: the same cases as JSON lines).", "",
+        "`--json`: the same cases as JSON lines (e.g. `--json --sizes 224`).", "",
         f"1-min load {load:.1f} at start, torch {torch.__version__}, {machine()}. {args.photos} photo JPEGs of "
         f"500x375 ({rows[0]['jpeg_kb']:.0f} KB on average), RandomResizedCrop(scale 0.2-1, bicubic) + flip on read, "
         f"batch {args.photo_batch_size}, median of {args.rounds} epochs; see benchmarks/loader_photos.py for "
