@@ -9,6 +9,8 @@ from vitssl.data import buffers, make_train_loader
 
 from fixtures import make_mnist_shards
 
+pytestmark = pytest.mark.slow  # DataLoader workers for 72 batches: ~20 s, beyond the fast tier's budget
+
 
 @pytest.fixture(scope="module")
 def digits(tmp_path_factory):
