@@ -69,8 +69,7 @@ class BufferReader:
     the last tensor that views it."""
 
     def __init__(self, flags: torch.Tensor):
-        self.flags = flags
-        self.busy = flags.numpy()
+        self.busy = flags.numpy()  # keeps the shared table mapped for as long as any finalizer may clear it
         self.mapped: dict[tuple[int, int], np.ndarray] = {}
 
     def tensor(self, value) -> torch.Tensor:
