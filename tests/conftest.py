@@ -27,11 +27,6 @@ def mnist012(tmp_path_factory) -> Path:
 
 
 def pytest_collection_modifyitems(config, items):
-    """The slow tests first, the files with the most slow tests before the others: under pytest-xdist
-    (`make test`, whole files per worker) the workers then end together instead of one of them running
-    the last long file alone. The sort is stable: test order stays within each file."""
-    slow_in_file: dict[str, int] = {}
-    for item in items:
-        if item.get_closest_marker("slow") is not None:
-            slow_in_file[item.path] = slow_in_file.get(item.path, 0) + 1
-    items.sort(key=lambda item: (item.get_closest_marker("slow") is None, -slow_in_file.get(item.path, 0)))
+    """The slow tests first: under pytest-xdist (`make test`) the workers then end together instead
+    of one of them running the last long test alone. The sort is stable: file order stays within each tier."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
